@@ -1,0 +1,296 @@
+"""The trainer: optimise a prompt encoder so the frozen LM answers the task after the template.
+
+One step: ``prompt = encoder()`` (n, d) -> spliced into every templated input of the batch ->
+next-token logits at the prediction position -> cross-entropy against the answer's first token
+(LAMA style) -> AdamW on the encoder's parameters only. Every ``eval_every`` steps the dev split is
+scored; the best encoder state (dev P@1, then dev loss) is restored at the end.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .evaluation import evaluate, first_token_ids
+from .templates import Template
+
+
+@dataclass
+class TrainConfig:
+    lr: float = field(default=3e-3, metadata={"help": "AdamW learning rate (peak, after warm-up)."})
+    batch_size: int = field(default=16, metadata={"help": "Examples per step."})
+    num_epochs: int = field(default=10, metadata={"help": "Passes over the train split (ignored if max_steps)."})
+    max_steps: int | None = field(default=None, metadata={"help": "Stop after this many steps."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps with linear warm-up; then linear decay to 0."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    grad_clip: float | None = field(default=1.0, metadata={"help": "Clip the gradient norm (None: off)."})
+    eval_every: int = field(default=20, metadata={"help": "Score the dev split every k steps (and at the end)."})
+    snapshot_every: int = field(default=5, metadata={"help": "Keep a copy of the prompt every k steps (trajectories)."})
+    patience: int | None = field(default=None, metadata={"help": "Stop after this many evaluations without a better dev score."})
+    checkpoint_every: int | None = field(default=None, metadata={"help": "Write a resumable state every k steps (needs out_dir)."})
+    seed: int = field(default=0, metadata={"help": "Seed for the data order and dropout."})
+    waywardness_gamma: float = field(default=0.0, metadata={"help": "Weight of the waywardness regulariser (mean squared L2 to the target text's embeddings)."})
+    waywardness_target: str | None = field(default=None, metadata={"help": "Text whose embeddings the prompt is pulled towards."})
+
+    def __post_init__(self):
+        checks = {"lr": self.lr, "batch_size": self.batch_size, "num_epochs": self.num_epochs,
+                  "eval_every": self.eval_every, "snapshot_every": self.snapshot_every}
+        for name, value in checks.items():
+            if not (value > 0) or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"{name} must be > 0 (got {value}); for example {name}="
+                                 f"{TrainConfig.__dataclass_fields__[name].default}.")
+        for name in ("max_steps", "patience", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive integer or None (got {value}).")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio}).")
+        if self.waywardness_gamma < 0:
+            raise ValueError(f"waywardness_gamma must be >= 0 (got {self.waywardness_gamma}).")
+        if self.waywardness_gamma > 0 and not self.waywardness_target:
+            raise ValueError("waywardness_gamma > 0 needs waywardness_target: the text the prompt should stay close to.")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced. ``prompt``: (n, d); ``snapshots``: (S, n, d) at ``snapshot_steps``."""
+
+    encoder: torch.nn.Module
+    prompt: torch.Tensor
+    history: dict
+    snapshot_steps: list[int]
+    snapshots: torch.Tensor
+    best_step: int
+    best_dev: dict
+    stopped: str            # "finished" | "early_stopping" | "interrupted" | "non_finite_loss"
+    seconds: float
+
+
+class Callback:
+    """Hooks the trainer calls; override what you need (e.g. live plots in a notebook)."""
+
+    def on_step_end(self, trainer: "Trainer", step: int, loss: float) -> None: ...
+    def on_eval(self, trainer: "Trainer", record: dict) -> None: ...
+    def on_snapshot(self, trainer: "Trainer", step: int, prompt: torch.Tensor) -> None: ...
+    def on_train_end(self, trainer: "Trainer", result: TrainResult) -> None: ...
+
+
+class Trainer:
+    """Train ``encoder`` on ``task`` with ``template`` (which must contain [X] and at least one [P])."""
+
+    def __init__(self, lm, encoder, task, template: str, config: TrainConfig | None = None,
+                 callbacks=(), out_dir=None, run_config: dict | None = None, progress: bool = True):
+        self.lm, self.encoder, self.task = lm, encoder.to(lm.device), task
+        self.template = Template.parse(template).validate(need_virtual=True)
+        if self.template.num_virtual_tokens != encoder.num_virtual_tokens:
+            raise ValueError(f"the template has {self.template.num_virtual_tokens} [P] slots but the encoder makes "
+                             f"{encoder.num_virtual_tokens} virtual tokens; make them equal.")
+        if not task.train or not task.dev:
+            raise ValueError(f"task '{task.name}' has an empty train or dev split "
+                             f"({len(task.train)} train, {len(task.dev)} dev); use a larger task.")
+        self.config = config or TrainConfig()
+        self.callbacks = list(callbacks)
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.run_config = run_config or {}
+        self.progress = progress
+        self.steps_per_epoch = math.ceil(len(task.train) / self.config.batch_size)
+        self.total_steps = self.config.max_steps or self.config.num_epochs * self.steps_per_epoch
+        self.optimizer = torch.optim.AdamW(encoder.parameters(), lr=self.config.lr,
+                                           weight_decay=self.config.weight_decay)
+        warmup = int(self.config.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _linear_warmup(s, warmup, self.total_steps))
+        self.gold = dict(zip([ex.target for ex in task.train], first_token_ids(lm, [ex.target for ex in task.train]).tolist()))
+        self.wayward_target = self._wayward_target()
+        # mutable training state (everything an exact resume needs)
+        self.step = 0
+        self.history: dict = {"train": [], "eval": []}
+        self.snapshot_steps: list[int] = []
+        self.snapshot_list: list[torch.Tensor] = []
+        self.best_state = copy.deepcopy(encoder.state_dict())
+        self.best_step, self.best_key, self.best_dev, self.bad_evals = 0, (-1.0, 0.0), {}, 0
+
+    # ---------------------------------------------------------------- one step
+    def batch_examples(self, step: int) -> list:
+        """The examples of ``step``: a seeded permutation per epoch, so a resumed run sees the same batches."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.task.train), generator=g).tolist()
+        bs = self.config.batch_size
+        return [self.task.train[j] for j in order[i * bs:(i + 1) * bs]]
+
+    def loss(self, examples) -> torch.Tensor:
+        """Mean cross-entropy of each answer's first token over the whole vocabulary (+ waywardness)."""
+        prompt = self.encoder()
+        batch = self.lm.encode(self.template, [ex.input for ex in examples])
+        logits = self.lm.last_logits(batch, prompt)
+        gold = torch.tensor([self.gold[ex.target] for ex in examples], device=logits.device)
+        loss = F.cross_entropy(logits, gold)
+        if self.wayward_target is not None:
+            loss = loss + self.config.waywardness_gamma * (prompt - self.wayward_target).pow(2).sum(-1).mean()
+        return loss
+
+    def train_step(self, examples) -> float:
+        self.encoder.train()
+        loss = self.loss(examples)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {loss.item()} at step {self.step}")
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    @torch.no_grad()
+    def current_prompt(self) -> torch.Tensor:
+        """The prompt (n, d) the encoder makes now, in eval mode (no dropout)."""
+        was = self.encoder.training
+        self.encoder.eval()
+        prompt = self.encoder().detach()
+        self.encoder.train(was)
+        return prompt
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self, resume: bool = False) -> TrainResult:
+        if resume:
+            self.load_state()
+        else:
+            torch.manual_seed(self.config.seed)
+            self._snapshot()
+        start, stopped, losses = time.perf_counter(), "finished", []
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.encoder.method}", disable=not self.progress,
+                   leave=False)
+        try:
+            while self.step < self.total_steps:
+                loss = self.train_step(self.batch_examples(self.step))
+                self.step += 1
+                losses.append(loss)
+                self.history["train"].append({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+                for cb in self.callbacks:
+                    cb.on_step_end(self, self.step, loss)
+                if self.step % self.config.snapshot_every == 0:
+                    self._snapshot()
+                if self.step % self.config.eval_every == 0 or self.step == self.total_steps:
+                    if self._evaluate(losses):
+                        stopped = "early_stopping"
+                        break
+                    losses = []
+                if self.config.checkpoint_every and self.out_dir and self.step % self.config.checkpoint_every == 0:
+                    self.save_state()
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            warnings.warn(f"training interrupted at step {self.step}: keeping the best state so far "
+                          f"(step {self.best_step}) and the history.")
+        except FloatingPointError as err:
+            stopped = "non_finite_loss"
+            warnings.warn(f"{err}; training stopped. The last good state and the history are kept. "
+                          "Try a smaller learning rate (--lr) or gradient clipping.")
+        finally:
+            bar.close()
+        self.encoder.load_state_dict(self.best_state)
+        result = TrainResult(self.encoder, self.current_prompt().cpu(), self.history, list(self.snapshot_steps),
+                             torch.stack(self.snapshot_list) if self.snapshot_list else torch.empty(0),
+                             self.best_step, self.best_dev, stopped, time.perf_counter() - start)
+        if self.out_dir:
+            self.save(result)
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result
+
+    def _evaluate(self, losses) -> bool:
+        """Score dev, keep the best state; True when early stopping should end training."""
+        dev = evaluate(self.lm, self.template, self.task.dev, self.current_prompt())
+        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                  "train_loss": sum(losses) / max(len(losses), 1), "dev_p_at_1": dev["p_at_1"], "dev_loss": dev["loss"]}
+        self.history["eval"].append(record)
+        key = (dev["p_at_1"], -dev["loss"])
+        if key > self.best_key:
+            self.best_key, self.best_step, self.best_dev, self.bad_evals = key, self.step, dev, 0
+            self.best_state = copy.deepcopy(self.encoder.state_dict())
+        else:
+            self.bad_evals += 1
+        for cb in self.callbacks:
+            cb.on_eval(self, record)
+        return bool(self.config.patience and self.bad_evals >= self.config.patience)
+
+    def _snapshot(self) -> None:
+        prompt = self.current_prompt().cpu()
+        self.snapshot_steps.append(self.step)
+        self.snapshot_list.append(prompt)
+        for cb in self.callbacks:
+            cb.on_snapshot(self, self.step, prompt)
+
+    def _wayward_target(self):
+        if not self.config.waywardness_gamma:
+            return None
+        from .encoders import initial_prompt
+
+        return initial_prompt(f"text:{self.config.waywardness_target}", self.encoder.num_virtual_tokens,
+                              self.lm.embedding.detach(), self.lm.tokenize).to(self.lm.device)
+
+    # ---------------------------------------------------------------- saving and resuming
+    def full_config(self) -> dict:
+        return {**self.run_config, "model": self.lm.name, "template": self.template.text,
+                "vocab_size": self.lm.vocab_size, "hidden_size": self.lm.hidden_size,
+                "encoder": self.encoder.spec(), "train": asdict(self.config),
+                "task": self.run_config.get("task", self.task.name)}
+
+    def save(self, result: TrainResult) -> None:
+        """Write the run directory (best prompt, encoder weights, history, snapshots)."""
+        history = {**result.history, "best_step": result.best_step, "stopped": result.stopped}
+        ckpt.save_run(self.out_dir, config=self.full_config(), encoder_state=self.encoder.state_dict(),
+                      prompt=result.prompt, history=history, snapshot_steps=result.snapshot_steps,
+                      snapshots=result.snapshots if len(result.snapshot_steps) else None)
+
+    def save_state(self) -> None:
+        """Write everything an exact resume needs under ``out_dir/state``."""
+        tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizer.state_dict())
+        tensors.update({f"current.{k}": v for k, v in self.encoder.state_dict().items()})
+        tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
+        tensors["rng"] = torch.get_rng_state()
+        tensors["snapshots"] = torch.stack(self.snapshot_list)
+        meta = {"step": self.step, "history": self.history, "snapshot_steps": self.snapshot_steps,
+                "best_step": self.best_step, "best_key": list(self.best_key), "best_dev": self.best_dev,
+                "bad_evals": self.bad_evals, "scheduler": self.scheduler.state_dict(), "optimizer": opt_meta,
+                "config": self.full_config()}
+        state_dir = self.out_dir / "state"
+        ckpt.write_tensors(state_dir / "trainer.safetensors", tensors, {"step": str(self.step)})
+        ckpt.write_json(state_dir / "trainer.json", meta)
+
+    def load_state(self) -> None:
+        if not self.out_dir or not (self.out_dir / "state" / "trainer.json").exists():
+            raise ckpt.CheckpointError(f"nothing to resume in {self.out_dir}: no state/trainer.json. Train with "
+                                       "checkpoint_every (CLI: --checkpoint-every) to make resumable runs.")
+        meta = ckpt.read_json(self.out_dir / "state" / "trainer.json")
+        tensors = ckpt.read_tensors(self.out_dir / "state" / "trainer.safetensors")
+        saved, now = meta["config"], self.full_config()
+        for key in ("model", "template", "vocab_size", "hidden_size", "encoder", "train"):
+            if saved.get(key) != now.get(key):
+                raise ckpt.CheckpointError(f"cannot resume: '{key}' differs between the saved run "
+                                           f"({saved.get(key)}) and this one ({now.get(key)}). Use the same settings.")
+        self.encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("current.")})
+        self.best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        self.optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, meta["optimizer"]))
+        self.scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(tensors["rng"])
+        self.step, self.history, self.snapshot_steps = meta["step"], meta["history"], meta["snapshot_steps"]
+        self.snapshot_list = list(tensors["snapshots"].unbind(0))
+        self.best_step, self.best_key = meta["best_step"], tuple(meta["best_key"])
+        self.best_dev, self.bad_evals = meta["best_dev"], meta["bad_evals"]
+
+
+def _linear_warmup(step: int, warmup: int, total: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))

@@ -1,0 +1,57 @@
+"""Shared fixtures: the embedded model, and tiny random GPT-2 / Llama models built locally.
+
+The tiny models use the embedded model's byte-level BPE tokenizer (GPT-2 style), so the GPT-2 code
+path is exercised without any download.
+"""
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def embedded_lm():
+    from ptuning_lab.frozen_lm import FrozenLM
+
+    return FrozenLM.load("smollm2-135m", verbose=False)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from ptuning_lab.models import embedded_model_dir
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return tok
+
+
+def make_tiny_lm(kind: str, tokenizer, dtype=torch.float32, seed: int = 0):
+    """A tiny randomly initialised GPT-2 or Llama wrapped in FrozenLM."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from ptuning_lab.frozen_lm import FrozenLM
+
+    torch.manual_seed(seed)
+    V = len(tokenizer)
+    if kind == "gpt2":
+        cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=V, n_positions=128,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        model = GPT2LMHeadModel(cfg)
+    elif kind == "llama":
+        cfg = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                          intermediate_size=64, vocab_size=V, max_position_embeddings=128,
+                          tie_word_embeddings=True)
+        model = LlamaForCausalLM(cfg)
+    else:
+        raise ValueError(kind)
+    return FrozenLM(model.to(dtype), tokenizer, f"tiny-{kind}")
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def tiny_lm(request, tokenizer):
+    return make_tiny_lm(request.param, tokenizer)
