@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
+from .templates import Template
 
 DEFAULT_VIRTUAL = 3
 
@@ -24,6 +25,16 @@ def default_template(manual: str, num_virtual_tokens: int = DEFAULT_VIRTUAL) -> 
     ``"The capital of [X] is"`` -> ``"[P]*3 The capital of [X] is [P]*3"``.
     """
     return f"[P]*{num_virtual_tokens} {manual} [P]*{num_virtual_tokens}"
+
+
+def default_init(template: str) -> str:
+    """Start the prompt from the template's own words: ``"text:The capital of is"``.
+
+    Random vectors placed next to the prediction position derail a small model at step 0 (dev loss
+    rises from ~4 to ~11 on 'capital'); starting from real words keeps the manual prompt's knowledge.
+    """
+    words = Template.parse(template).manual_text().replace("[X]", " ").split()
+    return "text:" + (" ".join(words) if words else "the")
 
 
 # ---------------------------------------------------------------- building blocks
@@ -61,6 +72,7 @@ def train_one(lm, task, *, encoder_name: str, template: str | None, init: str, s
 
     template = template or default_template(task.template)
     n = Template.parse(template).validate(need_virtual=True).num_virtual_tokens
+    init = default_init(template) if init == "auto" else init
     encoder = build_encoder(encoder_name, n, lm.embedding.detach(), init=init, tokenize=lm.tokenize, seed=seed,
                             config=encoder_config)
     config = TrainConfig(seed=seed, **train_kwargs)
@@ -149,7 +161,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def run_compare(lm, tasks, encoders, seeds, train_kwargs, out: Path, template=None, init="random",
+def run_compare(lm, tasks, encoders, seeds, train_kwargs, out: Path, template=None, init="auto",
                 progress=True) -> dict:
     """Manual baseline + each encoder x seed on each task; writes summary.json and report.html."""
     rows, results = [], {}
@@ -264,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     def train_args(sp):
         sp.add_argument("--template", default=None, help="Template with [P] and [X] (default: '[P]*3 <manual "
                         "template> [P]*3').")
-        sp.add_argument("--init", default="random", help="random, vocab, or text:\"some words\".")
+        sp.add_argument("--init", default="auto", help="auto (the template's own words), random, vocab, or "
+                        "text:\"some words\".")
         sp.add_argument("--lr", type=float, default=None)
         sp.add_argument("--batch-size", type=int, default=None)
         sp.add_argument("--epochs", type=int, default=None)

@@ -1,0 +1,25 @@
+"""ptuning_lab: P-tuning ("GPT Understands, Too") as a course and a research lab.
+
+    >>> import ptuning_lab as pl
+    >>> lm = pl.FrozenLM.load()                      # GPT-2 where reachable, else the embedded SmolLM2
+    >>> task = pl.load_task("capital")
+    >>> enc = pl.build_encoder("mlp", 6, lm.embedding.detach(), init="text:The capital of", tokenize=lm.tokenize)
+    >>> result = pl.Trainer(lm, enc, task, "[P]*3 The capital of [X] is [P]*3").fit()
+"""
+from .checkpoint import CheckpointError, Run, load_run
+from .encoders import METHODS, DirectConfig, EncoderError, LSTMConfig, MLPConfig, PromptEncoder, build_encoder
+from .evaluation import evaluate
+from .frozen_lm import Batch, FrozenLM, readable_token
+from .models import EMBEDDED_NAME, ModelLoadError, load_model
+from .tasks import TASK_NAMES, Example, Task, TaskError, load_task
+from .templates import Template, TemplateError
+from .trainer import Callback, TrainConfig, Trainer, TrainResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch", "Callback", "CheckpointError", "DirectConfig", "EMBEDDED_NAME", "EncoderError", "Example",
+    "FrozenLM", "LSTMConfig", "METHODS", "MLPConfig", "ModelLoadError", "PromptEncoder", "Run", "TASK_NAMES",
+    "Task", "TaskError", "Template", "TemplateError", "TrainConfig", "TrainResult", "Trainer", "build_encoder",
+    "evaluate", "load_model", "load_run", "load_task", "readable_token",
+]

@@ -1,0 +1,257 @@
+"""Trainer, evaluation metrics and checkpoints: tiny models for exactness, the embedded model for reality."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import make_tiny_lm
+from ptuning_lab import checkpoint as ckpt
+from ptuning_lab.encoders import build_encoder
+from ptuning_lab.evaluation import best_candidates, evaluate, first_token_ids
+from ptuning_lab.tasks import Example, Task
+from ptuning_lab.trainer import Callback, TrainConfig, Trainer
+
+WORDS = ["apple", "river", "stone", "cloud", "green", "music", "paper", "light", "table", "sugar",
+         "horse", "glass", "winter", "garden", "silver", "yellow", "window", "forest", "planet", "orange"]
+
+
+def toy_task(n=24):
+    """Inputs are words, the answer is a fixed mapping: learnable by a prompt on a tiny model."""
+    answers = ["north", "south", "east", "west"]
+    exs = [Example(WORDS[i % len(WORDS)] + str(i), answers[i % 4]) for i in range(n)]
+    return Task("toy", "Direction of [X] is", exs[: n // 2], exs[n // 2: 3 * n // 4], exs[3 * n // 4:],
+                sorted(answers))
+
+
+@pytest.fixture
+def gpt2(tokenizer):
+    return make_tiny_lm("gpt2", tokenizer, dtype=torch.float64)
+
+
+def make_trainer(lm, out=None, method="mlp", **cfg):
+    task = toy_task()
+    template = "[P][P] Direction of [X] is [P]"
+    enc = build_encoder(method, 3, lm.embedding.detach(), init="vocab", seed=0).double()
+    cfg = {"lr": 1e-2, "batch_size": 4, "num_epochs": 3, "eval_every": 3, "snapshot_every": 2, **cfg}
+    return Trainer(lm, enc, task, template, TrainConfig(**cfg), out_dir=out, progress=False)
+
+
+def test_metrics_against_hand_computed_example(gpt2):
+    task = toy_task()
+    ex = task.test[:5]
+    logits = gpt2.last_logits(gpt2.encode(task.template, [e.input for e in ex]))
+    gold = first_token_ids(gpt2, [e.target for e in ex])
+    want_p1 = sum(int(logits[i].argmax() == gold[i]) for i in range(len(ex))) / len(ex)
+    want_loss = -sum(float(logits[i].log_softmax(-1)[gold[i]]) for i in range(len(ex))) / len(ex)
+    # candidate accuracy by brute force: score every full answer with a plain forward
+    hits = 0
+    for e in ex:
+        scores = []
+        for a in task.answers:
+            ids = gpt2.sequences(task.template, [e.input], [gpt2.answer_ids(a)])[0][0]
+            with torch.no_grad():
+                lp = gpt2.model(torch.tensor([ids])).logits[0].log_softmax(-1)
+            k = len(gpt2.answer_ids(a))
+            scores.append(sum(float(lp[len(ids) - k - 1 + j, ids[len(ids) - k + j]]) for j in range(k)))
+        hits += task.answers[max(range(len(scores)), key=scores.__getitem__)] == e.target
+    got = evaluate(gpt2, task.template, ex, answers=task.answers)
+    assert got["n"] == 5
+    assert got["p_at_1"] == pytest.approx(want_p1)
+    assert got["loss"] == pytest.approx(want_loss, rel=1e-6)
+    assert got["candidate_accuracy"] == pytest.approx(hits / 5)
+
+
+def test_branch_and_bound_equals_exhaustive_scoring(gpt2):
+    """Pruned candidate search returns the same argmax as scoring every multi-token answer."""
+    answers = ["Buenos Aires", "San Marino", "Paris", "Port Louis", "Kuala Lumpur", "Rome", "New Delhi"]
+    inputs = ["alpha", "beta", "gamma"]
+    tpl = "Capital of [X] is"
+    lp = gpt2.last_logits(gpt2.encode(tpl, inputs)).log_softmax(-1)
+    picked = best_candidates(gpt2, tpl, inputs, answers, None, lp, chunk=2)
+    for i, x in enumerate(inputs):
+        full = gpt2.continuation_logprob(tpl, [x] * len(answers), [gpt2.answer_ids(a) for a in answers])
+        assert picked[i] == int(full.argmax())
+
+
+def test_training_improves_and_restores_best(gpt2):
+    trainer = make_trainer(gpt2, num_epochs=6)
+    before = evaluate(gpt2, trainer.template, trainer.task.train, trainer.current_prompt())["loss"]
+    result = trainer.fit()
+    after = evaluate(gpt2, trainer.template, trainer.task.train, result.prompt)["loss"]
+    assert after < before
+    best = max(trainer.history["eval"], key=lambda r: (r["dev_p_at_1"], -r["dev_loss"]))
+    assert result.best_step == best["step"]
+    dev_now = evaluate(gpt2, trainer.template, trainer.task.dev, result.prompt)
+    assert dev_now["loss"] == pytest.approx(best["dev_loss"], rel=1e-9)
+    # snapshots: step 0 plus every 2 steps, each (n, d)
+    assert result.snapshot_steps[:3] == [0, 2, 4]
+    assert result.snapshots.shape == (len(result.snapshot_steps), 3, gpt2.hidden_size)
+
+
+def test_gradients_reach_only_the_encoder(gpt2):
+    trainer = make_trainer(gpt2)
+    trainer.loss(trainer.task.train[:4]).backward()
+    assert all(p.grad is None for p in gpt2.model.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.encoder.parameters())
+
+
+def test_same_seed_same_history(gpt2):
+    h1 = make_trainer(gpt2, method="lstm").fit().history
+    h2 = make_trainer(gpt2, method="lstm").fit().history
+    assert h1 == h2
+
+
+def test_resume_matches_uninterrupted_run(gpt2, tmp_path):
+    full = make_trainer(gpt2, out=tmp_path / "full", num_epochs=4).fit()
+    # the same run killed at step 7 (its state was saved at step 5), then resumed from step 5
+
+    class Kill(Callback):
+        def on_step_end(self, trainer, step, loss):
+            if step == 7:
+                raise KeyboardInterrupt
+
+    part = make_trainer(gpt2, out=tmp_path / "part", num_epochs=4, checkpoint_every=5)
+    part.callbacks.append(Kill())
+    with pytest.warns(UserWarning):
+        part.fit()
+    resumed = make_trainer(gpt2, out=tmp_path / "part", num_epochs=4, checkpoint_every=5).fit(resume=True)
+    assert torch.allclose(resumed.prompt, full.prompt, atol=1e-6)
+    assert resumed.history["train"] == full.history["train"]
+    assert [r["dev_loss"] for r in resumed.history["eval"]] == pytest.approx(
+        [r["dev_loss"] for r in full.history["eval"]], rel=1e-9)
+    assert resumed.snapshot_steps == full.snapshot_steps
+
+
+def test_run_directory_round_trip(gpt2, tmp_path):
+    trainer = make_trainer(gpt2, out=tmp_path / "run")
+    result = trainer.fit()
+    run = ckpt.load_run(tmp_path / "run")
+    assert torch.equal(run.prompt, result.prompt.float() if run.prompt.dtype == torch.float32 else result.prompt)
+    enc = run.encoder().double()
+    assert torch.allclose(enc(), result.prompt, atol=1e-6)      # the encoder is saved, not only its output
+    assert run.snapshots.shape[0] == len(run.snapshot_steps)
+    assert run.history["best_step"] == result.best_step
+    assert run.config["encoder"]["method"] == "mlp" and run.config["vocab_size"] == gpt2.vocab_size
+    run.check_model(gpt2)
+
+
+def test_checkpoint_from_other_model_is_refused(gpt2, tokenizer, tmp_path):
+    make_trainer(gpt2, out=tmp_path / "run").fit()
+    run = ckpt.load_run(tmp_path / "run")
+    other = make_tiny_lm("llama", tokenizer)
+    other.model.resize_token_embeddings(gpt2.vocab_size)
+    run.config["hidden_size"] = 48
+    with pytest.raises(ckpt.CheckpointError, match=r"width 48.*width 32"):
+        run.check_model(other)
+
+
+def test_corrupt_or_partial_checkpoint_is_a_clear_error(gpt2, tmp_path):
+    make_trainer(gpt2, out=tmp_path / "run").fit()
+    path = tmp_path / "run" / "prompt.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ckpt.CheckpointError, match="corrupt or truncated"):
+        ckpt.load_run(tmp_path / "run")
+    (tmp_path / "run" / "config.json").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="partial"):
+        ckpt.load_run(tmp_path / "run")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_state(gpt2):
+    trainer = make_trainer(gpt2, num_epochs=4)
+    real_loss = trainer.loss
+
+    def loss(examples):
+        value = real_loss(examples)
+        return value * float("nan") if trainer.step == 7 else value
+
+    trainer.loss = loss
+    with pytest.warns(UserWarning, match="nan"):
+        result = trainer.fit()
+    assert result.stopped == "non_finite_loss"
+    assert len(result.history["train"]) == 7
+    assert torch.isfinite(result.prompt).all()
+
+
+def test_keyboard_interrupt_keeps_history_and_best_state(gpt2, tmp_path):
+    class Interrupt(Callback):
+        def on_step_end(self, trainer, step, loss):
+            if step == 8:
+                raise KeyboardInterrupt
+
+    trainer = make_trainer(gpt2, out=tmp_path / "run", num_epochs=4)
+    trainer.callbacks.append(Interrupt())
+    with pytest.warns(UserWarning, match="interrupted"):
+        result = trainer.fit()
+    assert result.stopped == "interrupted"
+    assert len(result.history["train"]) == 8
+    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert saved["stopped"] == "interrupted" and len(saved["train"]) == 8
+
+
+def test_bad_train_config_values():
+    for kwargs, word in [({"lr": 0}, "lr"), ({"lr": -1.0}, "lr"), ({"batch_size": 0}, "batch_size"),
+                         ({"num_epochs": 0}, "num_epochs"), ({"max_steps": -3}, "max_steps"),
+                         ({"warmup_ratio": 1.5}, "warmup_ratio"), ({"lr": math.nan}, "lr"),
+                         ({"waywardness_gamma": 0.1}, "waywardness_target")]:
+        with pytest.raises(ValueError, match=word):
+            TrainConfig(**kwargs)
+
+
+def test_template_and_encoder_must_agree(gpt2):
+    enc = build_encoder("direct", 2, gpt2.embedding.detach(), init="vocab")
+    with pytest.raises(ValueError, match="3 \\[P\\] slots but the encoder makes 2"):
+        Trainer(gpt2, enc, toy_task(), "[P][P] [X] is [P]", progress=False)
+    with pytest.raises(ValueError, match="no \\[P\\]"):
+        Trainer(gpt2, enc, toy_task(), "[X] is", progress=False)
+
+
+def test_atomic_write_keeps_previous_file_when_the_writer_dies(tmp_path):
+    path = tmp_path / "history.json"
+    ckpt.write_json(path, {"version": 1})
+
+    class Boom(Exception):
+        pass
+
+    def bad_default(obj):
+        raise Boom
+
+    with pytest.raises(Exception):
+        ckpt.write_json(path, {"version": 2, "bad": object()})
+    assert json.loads(path.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
+
+
+def test_killed_writer_process_leaves_previous_checkpoint(tmp_path):
+    """A process killed while writing a large tensor file leaves the old file readable."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "prompt.safetensors"
+    ckpt.write_tensors(path, {"prompt": torch.ones(3, 4)})
+    code = ("import torch, sys; from ptuning_lab import checkpoint as c\n"
+            "while True: c.write_tensors(sys.argv[1], {'prompt': torch.zeros(4000, 4000)})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)])
+    time.sleep(3.0)
+    proc.kill()
+    proc.wait()
+    loaded = ckpt.read_tensors(path)["prompt"]
+    assert loaded.shape in {(3, 4), (4000, 4000)}        # old or new, never half-written
+
+
+@pytest.mark.slow
+def test_short_real_run_improves_dev_p_at_1(embedded_lm):
+    from ptuning_lab.cli import default_template
+    from ptuning_lab.tasks import load_task
+
+    task = load_task("capital", seed=0)
+    template = default_template(task.template, 2)
+    enc = build_encoder("direct", 4, embedding=embedded_lm.embedding.detach(), init="text:The capital of is", seed=0,
+                        tokenize=embedded_lm.tokenize)
+    trainer = Trainer(embedded_lm, enc, task, template,
+                      TrainConfig(lr=3e-3, batch_size=16, max_steps=12, eval_every=12, snapshot_every=12),
+                      progress=False)
+    start = evaluate(embedded_lm, template, task.dev, trainer.current_prompt())["p_at_1"]
+    result = trainer.fit()
+    assert result.best_dev["p_at_1"] > start
