@@ -160,9 +160,10 @@ class FrozenLM:
 
         ``suffixes``: optional token-id lists appended after the template (answers to score).
         """
-        seqs = self.sequences(template, inputs, suffixes)
-        if not seqs:
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        if not inputs:   # checked first: the tokenizer fails on an empty list with an IndexError
             raise ValueError("no inputs to encode: give at least one input text.")
+        seqs = self.sequences(template, inputs, suffixes)
         B, T = len(seqs), max(len(ids) for ids, _ in seqs)
         if T > self.max_positions:
             raise ValueError(f"a templated input is {T} tokens long but the model '{self.name}' accepts "
@@ -221,7 +222,7 @@ class FrozenLM:
         """Next-token logits after the template: (B, vocab), or (B, C) for ``candidates`` (C,)."""
         h = self.hidden(batch, prompt)
         h_last = h[torch.arange(h.shape[0], device=h.device), batch.last_index]
-        return self.head(h_last, candidates).float()
+        return _at_least_float32(self.head(h_last, candidates))
 
     # ------------------------------------------------------------------ uses
     @torch.no_grad()
@@ -251,7 +252,7 @@ class FrozenLM:
         pos = (batch.suffix_start.unsqueeze(1) - 1 + offs).clamp(max=h.shape[1] - 1)
         valid = offs.unsqueeze(0) < lengths.unsqueeze(1)
         rows = torch.arange(B, device=h.device).unsqueeze(1)
-        logp = self.head(h[rows, pos]).float().log_softmax(-1)                  # (B, L, V)
+        logp = _at_least_float32(self.head(h[rows, pos])).log_softmax(-1)    # (B, L, V)
         targets = batch.input_ids[rows, (pos + 1).clamp(max=h.shape[1] - 1)]
         token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return (token_lp * valid).sum(1)
@@ -292,6 +293,11 @@ class FrozenLM:
             tok_embed = self.model.get_input_embeddings()(torch.tensor([[next_id]], device=embeds.device))
             step_embeds = tok_embed if use_cache else torch.cat([step_embeds, tok_embed], dim=1)
         return self.tokenizer.decode(new_ids)
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits go up to float32 for a stable softmax; float64 stays float64 (gradcheck)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 @lru_cache(maxsize=8)

@@ -100,9 +100,14 @@ def _convert_embedded(gguf: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "ptuning_lab.json").write_text(json.dumps({"source": str(gguf), "name": EMBEDDED_NAME}))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "ptuning_lab.json").write_text(json.dumps({"source": str(gguf), "name": EMBEDDED_NAME}))
+    except BaseException:
+        # a failed save (disk full, Ctrl-C) must not leave ~540 MB of half-written files behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     print(f"[ptuning_lab] conversion done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)

@@ -9,14 +9,16 @@ tokenized normally. The model predicts the next token after the template.
     (2, True)
 
 Whitespace rules (so BPE sees the spaces it expects): a space just before ``[X]`` moves into the
-input (" France" is one token), and whitespace just before a ``[P]`` is dropped.
+input (" France" is one token; a newline before ``[X]`` stays in the text), and whitespace just
+before a ``[P]`` is dropped.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-_MARKER = re.compile(r"\[([^\[\]]*)\](?:\*(\d+))?")
+# the repeat count is captured loosely ("*x", "*-1") so a malformed one is an error, not literal text
+_MARKER = re.compile(r"\[([^\[\]]*)\](?:\*(-?\w*))?")
 
 
 class TemplateError(ValueError):
@@ -44,6 +46,9 @@ class Template:
                 parts.append(("text", text[pos:m.start()]))
             name, count = m.group(1), m.group(2)
             if name == "P":
+                if count is not None and not count.isdigit():
+                    raise TemplateError(f"'{m.group(0)}': the repeat count must be a whole number; write "
+                                        "[P]*N with N >= 1, e.g. [P]*3.")
                 n = int(count) if count is not None else 1
                 if n < 1:
                     raise TemplateError(f"'{m.group(0)}' asks for {n} virtual tokens; use [P]*N with N >= 1.")
@@ -61,13 +66,16 @@ class Template:
             parts.append(("text", text[pos:]))
         if sum(kind == "x" for kind, _ in parts) > 1:
             raise TemplateError(f"template {text!r} has more than one [X]; use exactly one.")
-        # whitespace before a virtual token is dropped; a space before [X] moves into the input
+        # whitespace before a virtual token is dropped; spaces before [X] move into the input
+        # (x_has_space), while a newline before [X] stays in the text
         cleaned: list = []
         for i, (kind, value) in enumerate(parts):
             if kind == "text":
                 nxt = parts[i + 1][0] if i + 1 < len(parts) else None
-                if nxt in ("p", "x"):
+                if nxt == "p":
                     value = value.rstrip()
+                elif nxt == "x":
+                    value = value.rstrip(" ")
                 if value:
                     cleaned.append(("text", value))
             else:
@@ -90,8 +98,8 @@ class Template:
         return n > 0 and kinds[:n] == ["p"] * n
 
     def x_has_space(self) -> bool:
-        """Whether the input is preceded by whitespace in the raw template."""
-        m = re.search(r"(\s*)\[X\]", self.text)
+        """Whether the input is preceded by a space in the raw template (the input then starts with one)."""
+        m = re.search(r"( *)\[X\]", self.text)
         return bool(m and m.group(1))
 
     def manual_text(self) -> str:
