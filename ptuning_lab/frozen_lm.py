@@ -200,7 +200,13 @@ class FrozenLM:
         return embeds
 
     def hidden(self, batch: Batch, prompt: torch.Tensor | None = None) -> torch.Tensor:
-        """Final hidden states (B, T, d) of the frozen model (after its final norm)."""
+        """Final hidden states (B, T, d) of the frozen model (after its final norm).
+
+        ``prompt``: (n, d) input-layer virtual tokens, or an object with ``hidden(lm, batch)`` that
+        runs the model itself (e.g. per-layer key/value prefixes).
+        """
+        if hasattr(prompt, "hidden"):
+            return prompt.hidden(self, batch)
         embeds = self.embed(batch, prompt)
         T = embeds.shape[1]
         position_ids = torch.arange(T, device=embeds.device).unsqueeze(0).expand(embeds.shape[0], T)

@@ -89,8 +89,10 @@ class Trainer:
     def __init__(self, lm, encoder, task, template: str, config: TrainConfig | None = None,
                  callbacks=(), out_dir=None, run_config: dict | None = None, progress: bool = True):
         self.lm, self.encoder, self.task = lm, encoder.to(lm.device), task
-        self.template = Template.parse(template).validate(need_virtual=True)
-        if self.template.num_virtual_tokens != encoder.num_virtual_tokens:
+        # input-layer encoders fill the template's [P] slots; others (e.g. K/V prefixes) need none
+        slots = getattr(encoder, "uses_template_slots", True)
+        self.template = Template.parse(template).validate(need_virtual=slots)
+        if slots and self.template.num_virtual_tokens != encoder.num_virtual_tokens:
             raise ValueError(f"the template has {self.template.num_virtual_tokens} [P] slots but the encoder makes "
                              f"{encoder.num_virtual_tokens} virtual tokens; make them equal.")
         if not task.train or not task.dev:
