@@ -296,7 +296,7 @@ def polarity_task(seed: int = 0, template: str | None = None, split: Sequence[fl
     def strongest(items):
         return sorted(items, key=lambda wv: (-abs(wv[1]), wv[0]))[:n]
 
-    verb = _check_verbalizer(verbalizer or POLARITY_VERBALIZER, ["negative", "positive"])
+    verb = _check_verbalizer(POLARITY_VERBALIZER if verbalizer is None else verbalizer, ["negative", "positive"])
     verb = {label: verb[label] for label in ("positive", "negative")}
     examples = [Example(w, verb["positive"], "positive") for w, _ in strongest(pos)]
     examples += [Example(w, verb["negative"], "negative") for w, _ in strongest(neg)]
@@ -524,7 +524,8 @@ def _read_csv(text: str, path: Path, delimiter: str) -> tuple[str | None, str, l
 # ---------------------------------------------------------------------------------------- shared
 def _check_template(template) -> str:
     if not isinstance(template, str):
-        raise TaskTemplateError(f"template must be a string like \"The capital of [X] is\", got {type(template).__name__}.")
+        raise TaskTemplateError(f"template must be a string like \"The capital of [X] is\", "
+                                f"got {type(template).__name__}.")
     # the answer follows after one space, so trailing whitespace would give two
     template = template.rstrip()
     try:
@@ -624,7 +625,8 @@ def _make_task(name: str, template: str, examples: list[Example], kind: str, ver
     empty = [s for s, part in zip(SPLIT_NAMES, splits) if not part]
     if empty:
         raise TaskError(f"task {name!r}: split {fractions} of {total} examples leaves {' and '.join(empty)} empty; "
-                        f"need at least {_needed(fractions)} examples (raise max_examples=, add rows, or change split=).")
+                        f"need at least {_needed(fractions)} examples (raise max_examples=, add rows, "
+                        "or change split=).")
     if kind == "classification":
         answers = sorted(verbalizer.values())
     else:
