@@ -10,6 +10,8 @@ from .checkpoint import CheckpointError, Run, load_run
 from .encoders import METHODS, DirectConfig, EncoderError, LSTMConfig, MLPConfig, PromptEncoder, build_encoder
 from .evaluation import evaluate
 from .frozen_lm import Batch, FrozenLM, readable_token
+from .manifold import (VocabProjection, decoded_f1, drift_metrics, drift_over_training, fit_projection,
+                       metric_agreement, nearest_tokens, snap_report, snap_to_vocab, vocab_stats, waywardness_penalty)
 from .models import EMBEDDED_NAME, ModelLoadError, load_model
 from .tasks import TASK_NAMES, Example, Task, TaskError, load_task
 from .templates import Template, TemplateError
@@ -22,4 +24,6 @@ __all__ = [
     "FrozenLM", "LSTMConfig", "METHODS", "MLPConfig", "ModelLoadError", "PromptEncoder", "Run", "TASK_NAMES",
     "Task", "TaskError", "Template", "TemplateError", "TrainConfig", "TrainResult", "Trainer", "build_encoder",
     "evaluate", "load_model", "load_run", "load_task", "readable_token",
+    "VocabProjection", "decoded_f1", "drift_metrics", "drift_over_training", "fit_projection", "metric_agreement",
+    "nearest_tokens", "snap_report", "snap_to_vocab", "vocab_stats", "waywardness_penalty",
 ]

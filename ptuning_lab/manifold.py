@@ -90,7 +90,8 @@ class VocabIndex:
     Attributes:
         embedding: (V, d) float32 rows, on the source embedding's device.
         norms: (V,) L2 norm of each row.
-        ids: (V,) the token id of each row (``arange(V)``, or the kept ids of a restricted index).
+        ids: None for the full vocabulary (row = token id); for a restricted index, the (V',)
+            token id of each kept row.
         source: the tensor the index was built from (kept so its memory, hence its address, stays
             valid while the index is memoised).
     """
@@ -330,16 +331,16 @@ def nearest_tokens(vectors, embedding, token_strings: Sequence[str] | None, k: i
         _check_strings(token_strings, index.vocab_size)
     with torch.no_grad():
         res = _scan(Q, index, k, metrics, allowed=_allowed(index, token_strings, word_like))
-    n, M = Q.shape[0], len(metrics)
-    scores = torch.stack([res[m][0] for m in metrics], 1).cpu().numpy()   # (n, M, k)
+    n, n_metrics = Q.shape[0], len(metrics)
+    scores = torch.stack([res[m][0] for m in metrics], 1).cpu().numpy()   # (n, metrics, k)
     ids = torch.stack([res[m][1] for m in metrics], 1).cpu().numpy()
     flat_ids = ids.reshape(-1)
     names = ([readable_token(token_strings[i]) for i in flat_ids.tolist()] if token_strings is not None
              else [str(i) for i in flat_ids.tolist()])
     return pd.DataFrame({
-        "virtual_token": np.repeat(np.arange(n), M * k),
+        "virtual_token": np.repeat(np.arange(n), n_metrics * k),
         "metric": np.tile(np.repeat(np.array(metrics, dtype=object), k), n),
-        "rank": np.tile(np.arange(k), n * M),
+        "rank": np.tile(np.arange(k), n * n_metrics),
         "token_id": flat_ids.astype(np.int64),
         "token": names,
         "score": scores.reshape(-1).astype(np.float64),

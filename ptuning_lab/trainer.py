@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .evaluation import evaluate, first_token_ids
+from .manifold import waywardness_penalty
 from .templates import Template
 
 
@@ -136,7 +137,7 @@ class Trainer:
         gold = torch.tensor([self.gold[ex.target] for ex in examples], device=logits.device)
         loss = F.cross_entropy(logits, gold)
         if self.wayward_target is not None:
-            loss = loss + self.config.waywardness_gamma * (prompt - self.wayward_target).pow(2).sum(-1).mean()
+            loss = loss + self.config.waywardness_gamma * waywardness_penalty(prompt, self.wayward_target)
         return loss
 
     def train_step(self, examples) -> float:
