@@ -57,7 +57,8 @@ def write_text(path, text: str) -> None:
 
 def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write tensors with safetensors, atomically (contiguous CPU copies)."""
-    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # clone: a direct encoder's weight and its prompt share storage, which safetensors refuses
+    clean = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
     _atomic(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
 
 

@@ -96,6 +96,9 @@ class Trainer:
         if slots and self.template.num_virtual_tokens != encoder.num_virtual_tokens:
             raise ValueError(f"the template has {self.template.num_virtual_tokens} [P] slots but the encoder makes "
                              f"{encoder.num_virtual_tokens} virtual tokens; make them equal.")
+        if encoder.num_virtual_tokens >= lm.max_positions:
+            raise ValueError(f"{encoder.num_virtual_tokens} virtual tokens do not fit the model's context of "
+                             f"{lm.max_positions} positions; use far fewer (3-20 is typical).")
         if not task.train or not task.dev:
             raise ValueError(f"task '{task.name}' has an empty train or dev split "
                              f"({len(task.train)} train, {len(task.dev)} dev); use a larger task.")

@@ -1,0 +1,106 @@
+"""The ptuning-lab command line end to end, on a tiny GPT-2 saved to disk (loaded with --model PATH)."""
+import json
+
+import pytest
+import torch
+
+from conftest import make_tiny_lm
+from ptuning_lab import checkpoint as ckpt
+from ptuning_lab.cli import default_init, default_template, main
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    lm = make_tiny_lm("gpt2", tokenizer)
+    lm.model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+COMMON = ["--max-examples", "30", "--device", "cpu"]
+
+
+def test_defaults_read_the_manual_template():
+    assert default_template("The capital of [X] is") == "[P]*3 The capital of [X] is [P]*3"
+    assert default_init("[P]*3 The capital of [X] is [P]*3") == "text:The capital of is"
+
+
+def test_baseline_prints_metrics(tiny_model_dir, capsys):
+    assert main(["baseline", "--task", "capital", "--model", tiny_model_dir, *COMMON]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["encoder"] == "manual" and out["template"] == "The capital of [X] is"
+    assert 0 <= out["test_p_at_1"] <= 1 and 0 <= out["test_candidate_accuracy"] <= 1
+
+
+def test_train_writes_a_complete_run_and_refuses_to_overwrite(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--task", "capital", "--encoder", "lstm", "--model", tiny_model_dir, "--max-steps", "3",
+            "--eval-every", "3", "--batch-size", "4", "--out", str(out), *COMMON]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    printed = json.loads(capsys.readouterr().out)
+    assert metrics == printed
+    for key in ("task", "encoder", "seed", "template", "test_p_at_1", "test_candidate_accuracy", "dev_p_at_1",
+                "trainable_params", "train_seconds", "steps", "best_step", "stopped"):
+        assert key in metrics
+    assert metrics["steps"] == 3 and metrics["encoder"] == "lstm"
+    run = ckpt.load_run(out)
+    assert run.prompt.shape == (6, 32)
+    assert torch.allclose(run.encoder()(), run.prompt, atol=1e-6)
+    # a second run into the same directory is refused, nothing is touched
+    before = (out / "metrics.json").read_text()
+    with pytest.raises(SystemExit, match="--overwrite"):
+        main(args)
+    assert (out / "metrics.json").read_text() == before
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_resume_continues_a_checkpointed_run(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--task", "capital", "--encoder", "direct", "--model", tiny_model_dir, "--batch-size", "4",
+            "--eval-every", "2", "--checkpoint-every", "2", "--out", str(out), *COMMON]
+    assert main(base + ["--max-steps", "4"]) == 0
+    state = json.loads((out / "state" / "trainer.json").read_text())
+    assert state["step"] == 4
+
+
+def test_compare_writes_summary_and_report(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--task", "capital", "--encoders", "direct,mlp", "--seeds", "2", "--model",
+                 tiny_model_dir, "--max-steps", "2", "--eval-every", "2", "--batch-size", "4", "--quiet",
+                 "--out", str(out), *COMMON]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    methods = {(r["task"], r["encoder"]): r for r in summary["summary"]}
+    assert set(methods) == {("capital", "manual"), ("capital", "direct"), ("capital", "mlp")}
+    assert methods[("capital", "direct")]["seeds"] == 2
+    assert len(summary["rows"]) == 1 + 2 * 2
+    assert (out / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
+    assert (out / "capital" / "mlp-seed1" / "metrics.json").exists()
+    table = capsys.readouterr().out
+    assert "manual" in table and "direct" in table and "mlp" in table
+
+
+def test_decode_shows_nearest_tokens(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--task", "capital", "--encoder", "direct", "--model", tiny_model_dir, "--max-steps", "1",
+                 "--out", str(out), *COMMON]) == 0
+    capsys.readouterr()
+    assert main(["decode", str(out), "-k", "3", "--model", tiny_model_dir]) == 0
+    text = capsys.readouterr().out
+    assert text.count("[P]") >= 6 and "cosine" in text
+
+
+def test_clear_errors_exit_2(tiny_model_dir, tmp_path, capsys):
+    assert main(["baseline", "--task", "capitals", "--model", tiny_model_dir]) == 2
+    assert "capital" in capsys.readouterr().err
+    assert main(["train", "--task", "capital", "--encoder", "gru", "--model", tiny_model_dir,
+                 "--out", str(tmp_path / "x"), *COMMON]) == 2
+    assert "mlp" in capsys.readouterr().err
+    assert main(["train", "--task", "capital", "--template", "[X] is", "--model", tiny_model_dir,
+                 "--out", str(tmp_path / "y"), *COMMON]) == 2
+    assert "[P]" in capsys.readouterr().err
+    assert main(["decode", str(tmp_path / "missing"), "--model", tiny_model_dir]) == 2
+    assert "no run directory" in capsys.readouterr().err
+    assert main(["baseline", "--model", str(tmp_path / "nope"), *COMMON]) == 2
+    assert "does not exist" in capsys.readouterr().err
