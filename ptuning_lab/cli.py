@@ -239,6 +239,7 @@ def cmd_demo(args) -> int:
                             lm.predict_next("The capital of [X] is", ["France", "Japan", "Egypt", "Peru"], k=3)):
         print(f"  {country:<8} " + ", ".join(f"{t!r} {p:.2f}" for t, p in top))
     args.task, args.encoders = "capital", args.encoders or "mlp,lstm,direct"
+    args.max_steps = args.max_steps or 40          # about 20 s of training per method on 2 CPU cores
     print(f"\nP-tuning on 'capital' ({args.encoders}, {args.seeds} seed(s)); runs land in {args.out}")
     args.overwrite = True
     return cmd_compare(args)
