@@ -28,7 +28,7 @@ demo: setup
 	$(PY) -m ptuning_lab.cli demo
 
 test: setup browser
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+	HF_HUB_OFFLINE=1 PTUNING_LAB_SIZE=ci $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
