@@ -317,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--word-like", action="store_true", help="Only word-like tokens.")
     sp.set_defaults(func=cmd_decode)
 
+    from .peft_interop import add_cli as add_peft_commands
+
+    add_peft_commands(sub)
+
     sp = sub.add_parser("warm-cache", help="Convert the model and fit the vocabulary projection once.")
     common(sp)
     sp.set_defaults(func=cmd_warm_cache)
