@@ -36,5 +36,8 @@ lab: setup
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/vs_peft.py --device cpu
 
+figures: setup browser
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/make_figures.py --out docs
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,6 +12,7 @@ from .evaluation import evaluate
 from .frozen_lm import Batch, FrozenLM, readable_token
 from .manifold import (VocabProjection, decoded_f1, drift_metrics, drift_over_training, fit_projection,
                        metric_agreement, nearest_tokens, snap_report, snap_to_vocab, vocab_stats, waywardness_penalty)
+from .prefix import PrefixConfig, PrefixEncoder, PrefixKV, build_prefix_encoder, prefix_norms
 from .peft_interop import ImportedPrompt, PeftExportError, PeftImportError, export_peft, import_peft, save_imported
 from .models import EMBEDDED_NAME, ModelLoadError, load_model
 from .tasks import TASK_NAMES, Example, Task, TaskError, load_task
@@ -27,5 +28,6 @@ __all__ = [
     "evaluate", "load_model", "load_run", "load_task", "readable_token",
     "VocabProjection", "decoded_f1", "drift_metrics", "drift_over_training", "fit_projection", "metric_agreement",
     "nearest_tokens", "snap_report", "snap_to_vocab", "vocab_stats", "waywardness_penalty",
+    "PrefixConfig", "PrefixEncoder", "PrefixKV", "build_prefix_encoder", "prefix_norms",
     "ImportedPrompt", "PeftExportError", "PeftImportError", "export_peft", "import_peft", "save_imported",
 ]

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
+from . import distributed
 from .templates import Template
 
 DEFAULT_VIRTUAL = 3
@@ -41,7 +42,7 @@ def default_init(template: str) -> str:
 def load_lm(args):
     from .frozen_lm import FrozenLM
 
-    return FrozenLM.load(args.model, device=args.device)
+    return FrozenLM.load(args.model, device=distributed.device_for(args.device))   # cuda:LOCAL_RANK under a launch
 
 
 def load_task_arg(args):
@@ -52,12 +53,16 @@ def load_task_arg(args):
 
 
 def prepare_out_dir(out: Path, overwrite: bool, resume: bool = False) -> None:
-    """Refuse to write over another run unless asked to."""
-    if out.exists() and any(out.iterdir()) and not resume:
+    """Refuse to write over another run unless asked to (under a launch, only the main process clears it)."""
+    busy = out.exists() and any(out.iterdir()) and not resume
+    distributed.wait_for_everyone()          # every rank has looked before the directory is cleared
+    if busy:
         if not overwrite:
             raise SystemExit(f"error: {out} already holds files (another run?). Choose another --out, pass "
                              "--overwrite to replace it, or --resume to continue it.")
-        shutil.rmtree(out)
+        if distributed.is_main_process():
+            shutil.rmtree(out)
+    distributed.wait_for_everyone()
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -72,20 +77,27 @@ def train_one(lm, task, *, encoder_name: str, template: str | None, init: str, s
 
     template = template or default_template(task.template)
     n = Template.parse(template).validate(need_virtual=True).num_virtual_tokens
+    extra = {}
+    if encoder_name == "prefix":
+        # prefix tuning puts its virtual tokens in every layer's keys/values, not at [P] slots: the template's
+        # [P] count is its num_virtual_tokens and the [P]s are dropped, so one --template serves every method
+        template, extra = Template.parse(template).manual_text(), {"lm": lm}
     init = default_init(template) if init == "auto" else init
     encoder = build_encoder(encoder_name, n, lm.embedding.detach(), init=init, tokenize=lm.tokenize, seed=seed,
-                            config=encoder_config)
+                            config=encoder_config, **extra)
     config = TrainConfig(seed=seed, **train_kwargs)
     trainer = Trainer(lm, encoder, task, template, config, out_dir=out, progress=progress, callbacks=callbacks,
                       run_config={"task": task.name, "init": init})
     result = trainer.fit(resume=resume)
-    test = evaluate(lm, template, task.test, result.prompt.to(lm.device), answers=task.answers)
+    prompt = result.prompt.to(lm.device)       # test split shared out across the ranks under a launch
+    test = trainer.dist.evaluate(lambda examples: evaluate(lm, template, examples, prompt, answers=task.answers),
+                                 task.test)
     metrics = {"task": task.name, "encoder": encoder_name, "seed": seed, "template": template,
                "test_p_at_1": test["p_at_1"], "test_candidate_accuracy": test["candidate_accuracy"],
                "dev_p_at_1": result.best_dev.get("p_at_1"), "trainable_params": encoder.num_trainable_parameters(),
                "train_seconds": round(result.seconds, 2), "steps": trainer.step, "best_step": result.best_step,
                "stopped": result.stopped}
-    if out:
+    if out and trainer.dist.is_main_process:
         ckpt.write_json(out / "metrics.json", metrics)
     metrics["_result"] = result
     return metrics
@@ -157,7 +169,8 @@ def cmd_train(args) -> int:
     metrics = train_one(lm, task, encoder_name=args.encoder, template=args.template, init=args.init,
                         seed=args.seed, train_kwargs=_train_kwargs(args), out=out, resume=args.resume)
     metrics.pop("_result")
-    print(json.dumps(metrics, indent=2))
+    if distributed.is_main_process():
+        print(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -178,6 +191,8 @@ def run_compare(lm, tasks, encoders, seeds, train_kwargs, out: Path, template=No
                 print(f"  {task.name:<10} {enc:<7} seed {seed}: test P@1 {m['test_p_at_1']:.3f} "
                       f"({m['train_seconds']:.0f} s)", flush=True)
     summary = summarize(rows)
+    if not distributed.is_main_process():       # under a launch the main process writes summary and report
+        return {"rows": rows, "summary": summary, "results": results}
     ckpt.write_json(out / "summary.json", {"model": lm.name, "rows": rows, "summary": summary})
     try:
         from .report import write_report
@@ -218,6 +233,11 @@ def cmd_decode(args) -> int:
     from .manifold import decode_run
 
     run = ckpt.load_run(args.run)
+    if run.config["encoder"].get("method") == "prefix":      # K/V prefixes: nothing to decode; show their norms
+        from .prefix import NOT_IN_VOCAB_SPACE, format_prefix_norms, prefix_from_run
+
+        print(f"{args.run}: {NOT_IN_VOCAB_SPACE}\n\n{format_prefix_norms(prefix_from_run(run))}")
+        return 0
     lm = load_lm(args) if args.model != "auto" else _lm_for_run(run, args)
     run.check_model(lm)
     print(decode_run(run, lm, k=args.k, word_like=args.word_like))
@@ -293,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("train", help="Train one prompt encoder.")
     common(sp); task_args(sp); train_args(sp)
-    sp.add_argument("--encoder", default="mlp", help="mlp, lstm or direct.")
+    sp.add_argument("--encoder", default="mlp", help="mlp, lstm, direct, or prefix (K/V prefixes at every layer; "
+                    "the template's [P] count sets its virtual tokens).")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True, help="Run directory to write.")
     sp.add_argument("--resume", action="store_true", help="Continue the run in --out from its last state.")
@@ -304,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("demo", cmd_demo, "Knowledge probe, then compare on 'capital'.")):
         sp = sub.add_parser(name, help=helptext)
         common(sp); task_args(sp, many=True); train_args(sp)
-        sp.add_argument("--encoders", default="mlp,lstm,direct" if name == "compare" else None)
+        sp.add_argument("--encoders", default="mlp,lstm,direct" if name == "compare" else None,
+                        help="Comma-separated methods: mlp, lstm, direct, prefix.")
         sp.add_argument("--seeds", type=int, default=3 if name == "compare" else 1)
         sp.add_argument("--out", default="runs/compare" if name == "compare" else "runs/demo")
         sp.add_argument("--quiet", action="store_true", help="No progress bars.")
@@ -335,6 +357,9 @@ def main(argv=None) -> int:
     from .templates import TemplateError
 
     try:
+        ctx = distributed.context(cpu=getattr(args, "device", None) == "cpu")   # joins the process group under a launch
+        if ctx.world_size > 1:
+            print(f"process {ctx.rank} of {ctx.world_size} on {ctx.device}", file=sys.stderr, flush=True)
         return args.func(args)
     except (ModelLoadError, TaskError, TemplateError, EncoderError, ckpt.CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -378,13 +378,23 @@ def _resolve(method: str, config, d: int):
 
 
 def build_encoder(method: str, num_virtual_tokens: int, embedding: torch.Tensor, *, init: str = "random",
-                  tokenize: Tokenize | None = None, seed: int = 0, config=None) -> PromptEncoder:
+                  tokenize: Tokenize | None = None, seed: int = 0, config=None, lm=None) -> PromptEncoder:
     """A fresh prompt encoder whose initial output is ``initial_prompt(init, ...)`` (residual forms).
 
     ``embedding``: the frozen ``(vocab, d)`` matrix; only the init rows are copied, the encoder
     holds no reference to it. ``config``: ``None`` (defaults), a dict of fields, or the method's
     dataclass. The encoder lives on ``embedding.device`` in float32; same seed, same encoder.
+    ``method="prefix"`` (K/V prefixes at every layer, see ``ptuning_lab.prefix``) also needs ``lm``.
     """
+    # ---- prefix tuning lives in prefix.py: it needs the frozen model itself (layers, heads, activations)
+    if method == "prefix":
+        from .prefix import build_prefix_encoder
+
+        if lm is None:
+            raise EncoderError("method 'prefix' needs the frozen model: pass lm=lm (its layers, heads and the "
+                               "init's activations shape the prefix), or call prefix.build_prefix_encoder(lm, ...).")
+        return build_prefix_encoder(lm, num_virtual_tokens, init=init, tokenize=tokenize, seed=seed, config=config)
+    # ---- end prefix
     method = _check_method(method)
     config = _make_config(method, config)
     start = initial_prompt(init, num_virtual_tokens, embedding, tokenize, seed)
@@ -405,6 +415,10 @@ def encoder_from_config(spec: dict, hidden_size: int) -> PromptEncoder:
     if spec.get("hidden_size", hidden_size) != hidden_size:
         raise EncoderError(f"the encoder was saved for a model of width {spec['hidden_size']} but this "
                            f"model has width {hidden_size}; load it with the model it was trained on.")
+    if spec["method"] == "prefix":                    # ---- prefix tuning: see prefix.py
+        from .prefix import prefix_encoder_from_spec
+
+        return prefix_encoder_from_spec(spec, hidden_size)
     method = _check_method(spec["method"])
     n = spec["num_virtual_tokens"]
     _check_positive_int(n, "num_virtual_tokens", "the spec is damaged; re-save it with encoder.spec().")

@@ -267,23 +267,34 @@ class FrozenLM:
     def generate(self, template, input_text: str = "", prompt: torch.Tensor | None = None,
                  max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int | None = None, seed: int | None = None, use_cache: bool = True) -> str:
-        """Continue one templated input with the KV cache (greedy, or sampling)."""
+        """Continue one templated input with the KV cache (greedy, or sampling).
+
+        ``prompt``: (n, d) for the template's [P] slots, or a K/V prefix (``ptuning_lab.prefix.PrefixKV``),
+        which starts the cache.
+        """
         batch = self.encode(template, [input_text])
-        embeds = self.embed(batch, prompt)
+        # a K/V prefix (prefix tuning) starts every cache and shifts the positions by its length
+        prefix = prompt if hasattr(prompt, "cache") else None
+        if prefix is not None:
+            prefix.check_batch(batch)
+        embeds = self.embed(batch, None if prefix is not None else prompt)
+        offset = prefix.num_virtual_tokens if prefix is not None else 0
         gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         new_ids: list[int] = []
-        past = None
+        past = prefix.cache(self) if prefix is not None else None
         step_embeds = embeds
         for step in range(max_new_tokens):
             T = embeds.shape[1] + step if use_cache else step_embeds.shape[1]
             if use_cache:
-                pos = torch.arange(T - step_embeds.shape[1], T, device=embeds.device).unsqueeze(0)
+                pos = torch.arange(T - step_embeds.shape[1], T, device=embeds.device).unsqueeze(0) + offset
                 out = self.model(inputs_embeds=step_embeds, position_ids=pos, use_cache=True,
                                  logits_to_keep=1, **{self._cache_arg: past})
                 past = getattr(out, self._cache_arg, None) or out.past_key_values
             else:
-                pos = torch.arange(T, device=embeds.device).unsqueeze(0)
-                out = self.model(inputs_embeds=step_embeds, position_ids=pos, use_cache=False, logits_to_keep=1)
+                pos = torch.arange(T, device=embeds.device).unsqueeze(0) + offset
+                fresh = {self._cache_arg: prefix.cache(self)} if prefix is not None else {}
+                out = self.model(inputs_embeds=step_embeds, position_ids=pos, use_cache=False, logits_to_keep=1,
+                                 **fresh)
             logits = out.logits[0, -1].float()
             if do_sample:
                 logits = logits / max(temperature, 1e-5)

@@ -266,6 +266,8 @@ def export_peft(run, out_dir, base_model_name_or_path: str | None = None, *, lm=
     config = run.config
     spec = config["encoder"]
     method = spec.get("method")
+    if method == "prefix":
+        return _export_prefix(run, out_dir, base_model_name_or_path, lm=lm, overwrite=overwrite)
     if method not in METHODS:
         raise PeftExportError(f"the run's encoder is {method!r}; only input-layer prompts ({', '.join(METHODS)}) "
                               f"have a PEFT P-tuning / prompt-tuning form.")
@@ -313,6 +315,47 @@ def export_peft(run, out_dir, base_model_name_or_path: str | None = None, *, lm=
             ckpt.write_tensors(tmp / ENCODER_FILE, encoder_state, {"format": "pt"})
         ckpt.write_json(tmp / INFO_FILE, _export_info(run, template, kind, reasons, base, n, d,
                                                       encoder_state is not None))
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _export_prefix(run, out_dir, base_model_name_or_path, *, lm=None, overwrite=False) -> Path:
+    """A prefix-tuning run as PEFT's ``PrefixTuningConfig`` adapter.
+
+    The run stores the prefix flattened exactly as PEFT's ``prompt_embeddings`` (n, layers x 2 x kv
+    width), which PEFT uses as-is in inference mode, so every parameterisation exports exactly.
+    The template has no [P]: PEFT puts the prefix before the text, as ptuning_lab does.
+    """
+    from peft import PrefixTuningConfig
+
+    from .prefix import peft_config_kwargs
+
+    if lm is not None:
+        try:
+            run.check_model(lm)
+        except ckpt.CheckpointError as err:
+            raise PeftExportError(str(err)) from err
+    prompt = run.prompt.detach().float().cpu().contiguous()
+    if not torch.isfinite(prompt).all():
+        raise PeftExportError(f"the prompt of {run.path} holds NaN or inf values; there is nothing sound to export.")
+    base = base_model_name_or_path if base_model_name_or_path is not None else _default_base(run.config.get("model"))
+    peft_config = PrefixTuningConfig(task_type="CAUSAL_LM", inference_mode=True, base_model_name_or_path=base,
+                                     **peft_config_kwargs(run.config["encoder"]))
+    out = Path(out_dir)
+    _check_out_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        peft_config.save_pretrained(str(tmp))
+        ckpt.write_tensors(tmp / WEIGHTS_FILE, {"prompt_embeddings": prompt}, {"format": "pt"})
+        ckpt.write_json(tmp / INFO_FILE, {
+            "format": EXPORT_FORMAT, "peft_type": "PREFIX_TUNING", "method": "prefix",
+            "template": run.config.get("template"), "model": run.config.get("model"), "base_model": base,
+            "why": "the stored prefix is PEFT's prompt_embeddings layout; PEFT uses it as-is at inference.",
+            "input_text": "the template with [X] filled in; PEFT prepends the key/value prefix at every layer"})
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

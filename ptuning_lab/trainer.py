@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed
 from .evaluation import evaluate, first_token_ids
+from .fast import FastForward
 from .manifold import waywardness_penalty
 from .templates import Template
 
@@ -40,6 +42,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "Seed for the data order and dropout."})
     waywardness_gamma: float = field(default=0.0, metadata={"help": "Weight of the waywardness regulariser (mean squared L2 to the target text's embeddings)."})
     waywardness_target: str | None = field(default=None, metadata={"help": "Text whose embeddings the prompt is pulled towards."})
+    fast: bool = field(default=True, metadata={"help": "Use the exact fast path (ptuning_lab.fast: cached prefixes, shared head, packed rows); False = the plain reference path."})
 
     def __post_init__(self):
         checks = {"lr": self.lr, "batch_size": self.batch_size, "num_epochs": self.num_epochs,
@@ -96,6 +99,9 @@ class Trainer:
         if slots and self.template.num_virtual_tokens != encoder.num_virtual_tokens:
             raise ValueError(f"the template has {self.template.num_virtual_tokens} [P] slots but the encoder makes "
                              f"{encoder.num_virtual_tokens} virtual tokens; make them equal.")
+        if not slots and self.template.num_virtual_tokens:
+            raise ValueError(f"the template {self.template.text!r} has [P] slots, but a '{encoder.method}' encoder puts its "
+                             f"virtual tokens elsewhere (every layer's keys/values); remove the [P]s from the template.")
         if encoder.num_virtual_tokens >= lm.max_positions:
             raise ValueError(f"{encoder.num_virtual_tokens} virtual tokens do not fit the model's context of "
                              f"{lm.max_positions} positions; use far fewer (3-20 is typical).")
@@ -103,7 +109,12 @@ class Trainer:
             raise ValueError(f"task '{task.name}' has an empty train or dev split "
                              f"({len(task.train)} train, {len(task.dev)} dev); use a larger task.")
         self.config = config or TrainConfig()
+        if self.config.waywardness_gamma and not slots:
+            raise ValueError(f"waywardness compares input-layer prompts with word embeddings; a '{encoder.method}' "
+                             f"encoder has no input-layer prompt. Set waywardness_gamma=0.")
         self.callbacks = list(callbacks)
+        self.dist = distributed.context()      # a single process unless started by `accelerate launch`
+        self.dist.broadcast_parameters(self.encoder)       # under a launch: every rank starts from rank 0's weights
         self.out_dir = Path(out_dir) if out_dir else None
         self.run_config = run_config or {}
         self.progress = progress
@@ -115,6 +126,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _linear_warmup(s, warmup, self.total_steps))
         self.gold = dict(zip([ex.target for ex in task.train], first_token_ids(lm, [ex.target for ex in task.train]).tolist()))
         self.wayward_target = self._wayward_target()
+        # same logits as the plain path, less of the frozen model's work (falls back to it on its own)
+        self.fast = FastForward(lm, self.template) if self.config.fast and slots else None
         # mutable training state (everything an exact resume needs)
         self.step = 0
         self.history: dict = {"train": [], "eval": []}
@@ -135,8 +148,11 @@ class Trainer:
     def loss(self, examples) -> torch.Tensor:
         """Mean cross-entropy of each answer's first token over the whole vocabulary (+ waywardness)."""
         prompt = self.encoder()
-        batch = self.lm.encode(self.template, [ex.input for ex in examples])
-        logits = self.lm.last_logits(batch, prompt)
+        inputs = [ex.input for ex in examples]
+        if self.fast is not None:
+            logits = self.fast.last_logits(inputs, prompt)
+        else:
+            logits = self.lm.last_logits(self.lm.encode(self.template, inputs), prompt)
         gold = torch.tensor([self.gold[ex.target] for ex in examples], device=logits.device)
         loss = F.cross_entropy(logits, gold)
         if self.wayward_target is not None:
@@ -145,10 +161,16 @@ class Trainer:
 
     def train_step(self, examples) -> float:
         self.encoder.train()
-        loss = self.loss(examples)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss.item()} at step {self.step}")
-        loss.backward()
+        if self.dist.world_size > 1:       # this rank's shard; gradients summed over ranks = the global-batch step
+            try:
+                loss = self.dist.backward_shard(self.loss, self.encoder, examples)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{err} at step {self.step}") from None
+        else:
+            loss = self.loss(examples)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss became {loss.item()} at step {self.step}")
+            loss.backward()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.config.grad_clip)
         self.optimizer.step()
@@ -162,6 +184,8 @@ class Trainer:
         was = self.encoder.training
         self.encoder.eval()
         prompt = self.encoder().detach()
+        if isinstance(prompt, torch.Tensor):
+            prompt = prompt.clone()      # a direct encoder returns its own weight: snapshots must not alias it
         self.encoder.train(was)
         return prompt
 
@@ -173,8 +197,8 @@ class Trainer:
             torch.manual_seed(self.config.seed)
             self._snapshot()
         start, stopped, losses = time.perf_counter(), "finished", []
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.encoder.method}", disable=not self.progress,
-                   leave=False)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.encoder.method}",
+                   disable=not self.progress or not self.dist.is_main_process, leave=False)
         try:
             while self.step < self.total_steps:
                 loss = self.train_step(self.batch_examples(self.step))
@@ -216,7 +240,8 @@ class Trainer:
 
     def _evaluate(self, losses) -> bool:
         """Score dev, keep the best state; True when early stopping should end training."""
-        dev = evaluate(self.lm, self.template, self.task.dev, self.current_prompt())
+        prompt = self.current_prompt()
+        dev = self.dist.evaluate(lambda examples: self._score(examples, prompt), self.task.dev)
         record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
                   "train_loss": sum(losses) / max(len(losses), 1), "dev_p_at_1": dev["p_at_1"], "dev_loss": dev["loss"]}
         self.history["eval"].append(record)
@@ -230,10 +255,16 @@ class Trainer:
             cb.on_eval(self, record)
         return bool(self.config.patience and self.bad_evals >= self.config.patience)
 
+    def _score(self, examples, prompt) -> dict:
+        """``evaluate`` on the fast path when it is on."""
+        if self.fast is not None:
+            return self.fast.evaluate(examples, prompt)
+        return evaluate(self.lm, self.template, examples, prompt)
+
     def _snapshot(self) -> None:
         prompt = self.current_prompt().cpu()
         self.snapshot_steps.append(self.step)
-        self.snapshot_list.append(prompt)
+        self.snapshot_list.append(_storable(prompt))
         for cb in self.callbacks:
             cb.on_snapshot(self, self.step, prompt)
 
@@ -253,14 +284,18 @@ class Trainer:
                 "task": self.run_config.get("task", self.task.name)}
 
     def save(self, result: TrainResult) -> None:
-        """Write the run directory (best prompt, encoder weights, history, snapshots)."""
+        """Write the run directory (best prompt, encoder weights, history, snapshots); main process only."""
+        if not self.dist.is_main_process:
+            return
         history = {**result.history, "best_step": result.best_step, "stopped": result.stopped}
         ckpt.save_run(self.out_dir, config=self.full_config(), encoder_state=self.encoder.state_dict(),
-                      prompt=result.prompt, history=history, snapshot_steps=result.snapshot_steps,
+                      prompt=_storable(result.prompt), history=history, snapshot_steps=result.snapshot_steps,
                       snapshots=result.snapshots if len(result.snapshot_steps) else None)
 
     def save_state(self) -> None:
-        """Write everything an exact resume needs under ``out_dir/state``."""
+        """Write everything an exact resume needs under ``out_dir/state``; main process only."""
+        if not self.dist.is_main_process:
+            return
         tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizer.state_dict())
         tensors.update({f"current.{k}": v for k, v in self.encoder.state_dict().items()})
         tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
@@ -294,6 +329,11 @@ class Trainer:
         self.snapshot_list = list(tensors["snapshots"].unbind(0))
         self.best_step, self.best_key = meta["best_step"], tuple(meta["best_key"])
         self.best_dev, self.bad_evals = meta["best_dev"], meta["bad_evals"]
+
+
+def _storable(prompt) -> torch.Tensor:
+    """The tensor a checkpoint stores: the prompt (n, d), or a K/V prefix's flat (n, width) layout."""
+    return prompt.as_tensor() if hasattr(prompt, "as_tensor") else prompt
 
 
 def _linear_warmup(step: int, warmup: int, total: int) -> float:

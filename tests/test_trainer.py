@@ -255,3 +255,9 @@ def test_short_real_run_improves_dev_p_at_1(embedded_lm):
     start = evaluate(embedded_lm, template, task.dev, trainer.current_prompt())["p_at_1"]
     result = trainer.fit()
     assert result.best_dev["p_at_1"] > start
+
+
+def test_direct_snapshots_are_copies_not_the_live_weight(gpt2):
+    result = make_trainer(gpt2, method="direct", num_epochs=2).fit()
+    assert not torch.equal(result.snapshots[0], result.snapshots[-1])
+    assert result.snapshots[0].data_ptr() != result.encoder.embedding.weight.data_ptr()

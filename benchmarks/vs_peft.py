@@ -1,0 +1,503 @@
+"""Speed of ptuning_lab against Hugging Face PEFT: same model, data, batch, virtual tokens and encoder sizes.
+
+    HF_HUB_OFFLINE=1 python benchmarks/vs_peft.py --device cpu     # embedded SmolLM2-135M, capital, B=16 (~5 min)
+    python benchmarks/vs_peft.py --device cuda                     # GPT-2-small shape, random weights, bf16, B=256
+
+What is compared (PEFT is a benchmark dependency only):
+
+- PEFT ``PromptEncoderConfig`` MLP and LSTM and ``PromptTuningConfig``, wrapped the default way
+  (``PeftModelForCausalLM``), trained the default way: the template's tokens plus the answer's first
+  token, ``labels`` -100 everywhere except that token, so the model computes logits at every
+  position and its own loss. Inputs are tokenized once before timing and padded per step (what a
+  ``datasets.map`` + collator pipeline does). Evaluation: one forward without gradients, the logits
+  at each example's last position. PEFT can only prepend, so its template is ``[P]*6 <manual>``.
+- ptuning_lab ``mlp``/``lstm``/``direct`` with PEFT-shaped encoders (``MLPConfig(num_layers=3,
+  residual=False)``, ``LSTMConfig(num_layers=2, residual=False)`` with PEFT's hidden sizes), trained
+  by ``Trainer.train_step`` (the library's own step: encoder, loss, clip, AdamW, schedule) on the
+  hybrid template ``[P]*3 <manual> [P]*3`` (the CLI default), evaluated by the trainer's scorer.
+  Extra ``mlp`` rows show the plain reference path (``TrainConfig(fast=False)``), PEFT's own layout
+  and the suffix layout ``<manual> [P]*6`` on the fast path, and (CPU) bf16 frozen weights.
+
+Both sides: the same seeded batches, AdamW with the same settings, gradient clipping at 1.0, the
+same number of virtual tokens. Timings are interleaved in one process (one step of each variant
+in turn), after warm-up, median of repeats. tokens/s counts the template's tokens (virtual ones
+included) per second. Time-to-accuracy (CPU): wall seconds from the start of training until dev
+P@1 >= manual prompt + 10 points, each side in its own process (which also gives its peak RSS).
+
+The last lines are ``RATIO <method> ...``: ours / PEFT.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from ptuning_lab.encoders import LSTMConfig, MLPConfig, build_encoder  # noqa: E402
+from ptuning_lab.frozen_lm import FrozenLM  # noqa: E402
+from ptuning_lab.tasks import Example, Task  # noqa: E402
+from ptuning_lab.trainer import Callback, TrainConfig, Trainer  # noqa: E402
+
+METHODS = ("mlp", "lstm", "direct")
+LR = 3e-3
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+def synthetic_tokenizer(vocab_size: int):
+    """A word-level tokenizer over ``w0 .. w{V}`` plus the template's words: no files, exact lengths."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<unk>", "<eos>", "The", "capital", "of", "is"]
+    vocab = {w: i for i, w in enumerate(words)}
+    for i in range(vocab_size - len(words)):
+        vocab[f"w{i}"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def synthetic_task(seq_len: int, num_virtual: int, n_train: int, n_dev: int, vocab: int, seed: int = 0) -> Task:
+    """'The capital of [X] is' with X = random words, so PEFT's sequence is exactly ``seq_len`` tokens."""
+    k = seq_len - num_virtual - 4                     # "The capital of" + X + "is"
+    if k < 1:
+        raise SystemExit(f"--seq-len {seq_len} is too short for {num_virtual} virtual tokens and the template.")
+    rng = random.Random(seed)
+    words = lambda n: " ".join(f"w{rng.randrange(vocab - 10)}" for _ in range(n))  # noqa: E731
+    exs = [Example(words(k), words(1)) for _ in range(n_train + n_dev)]
+    return Task("synthetic", "The capital of [X] is", exs[:n_train], exs[n_train:], exs[n_train:],
+                sorted({e.target for e in exs}))
+
+
+def build_lm(args) -> FrozenLM:
+    dtype = getattr(torch, args.dtype)
+    if args.model == "embedded":
+        return FrozenLM.load("smollm2-135m", device=args.device, dtype=dtype, verbose=False)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024)
+    model = GPT2LMHeadModel(cfg).to(device=args.device, dtype=dtype)
+    return FrozenLM(model, synthetic_tokenizer(cfg.vocab_size), "gpt2-small-shape (random)")
+
+
+def build_task(args, lm):
+    if args.data == "capital":
+        from ptuning_lab.tasks import load_task
+
+        return load_task("capital", seed=0)
+    return synthetic_task(args.seq_len, args.virtual_tokens, 8 * args.batch_size, args.eval_batch_size,
+                          lm.vocab_size)
+
+
+def peft_config(method: str, lm: FrozenLM, n: int):
+    from peft import PromptEncoderConfig, PromptTuningConfig, TaskType
+
+    d = lm.hidden_size
+    if method == "direct":
+        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n, token_dim=d)
+    return PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n, token_dim=d,
+                               encoder_reparameterization_type=method.upper(),
+                               encoder_hidden_size=d if method == "mlp" else d // 2, encoder_num_layers=2)
+
+
+def ours_config(method: str, lm: FrozenLM):
+    """PEFT-shaped encoders: the same layers and sizes as ``peft_config`` (see encoders.py)."""
+    d = lm.hidden_size
+    return {"mlp": MLPConfig(encoder_hidden_size=d, num_layers=3, residual=False),
+            "lstm": LSTMConfig(encoder_hidden_size=d // 2, num_layers=2, residual=False),
+            "direct": None}[method]
+
+
+def manual_template(task) -> str:
+    return task.template
+
+
+def hybrid(task, n):
+    return f"[P]*{n // 2} {task.template} [P]*{n - n // 2}"
+
+
+def autocast(args):
+    if args.autocast:
+        return torch.autocast(args.device, dtype=torch.bfloat16)
+    return torch.autocast(args.device, enabled=False)
+
+
+def sync(args):
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------- variants
+class Ours:
+    """ptuning_lab through its own Trainer (the fast path unless ``fast=False``)."""
+
+    def __init__(self, name, lm, task, method, template, args, fast=True, encoder_config="peft", init="random"):
+        self.name, self.method, self.args = name, method, args
+        n = args.virtual_tokens
+        cfg = ours_config(method, lm) if encoder_config == "peft" else None
+        enc = build_encoder(method, n, lm.embedding.detach(), init=init, tokenize=lm.tokenize, seed=0, config=cfg)
+        self.trainer = Trainer(lm, enc, task, template,
+                               TrainConfig(lr=LR, batch_size=args.batch_size, max_steps=10_000, fast=fast),
+                               progress=False)
+        self.task, self.lm = task, lm
+        fast = self.trainer.fast
+        if fast is not None:
+            # tokenize once, as the PEFT side does; measure the steady state of a multi-epoch run: the
+            # prefix cache filled (the first epoch's extra work is in the time to accuracy)
+            fast.config.max_cache_mb = max(fast.config.max_cache_mb, 8192 if args.device == "cuda" else 0)
+            inputs = [ex.input for ex in task.train + task.dev]
+            fast._sequences(inputs)
+            with torch.no_grad(), autocast(args):
+                prompt = self.trainer.current_prompt()
+                for i in range(0, len(inputs), args.eval_batch_size):
+                    fast.last_logits(inputs[i:i + args.eval_batch_size], prompt)
+
+    def tokens(self, examples) -> int:
+        return sum(len(ids) for ids, _ in self.lm.sequences(self.trainer.template, [e.input for e in examples]))
+
+    def train_step(self, step):
+        with autocast(self.args):
+            return self.trainer.train_step(self.trainer.batch_examples(step))
+
+    def evaluate(self):
+        with autocast(self.args):
+            return self.trainer._score(self.task.dev[: self.args.eval_batch_size], self.trainer.current_prompt())
+
+
+class Peft:
+    """Hugging Face PEFT's prompt learning, trained and evaluated the default way."""
+
+    def __init__(self, name, lm, task, method, args, trainer_for_batches):
+        from peft import PeftModelForCausalLM
+
+        self.name, self.method, self.args, self.lm = name, method, args, lm
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model = PeftModelForCausalLM(lm.model, peft_config(method, lm, args.virtual_tokens))
+        self.model.to(lm.device)
+        self.n = args.virtual_tokens
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=LR)
+        self.sched = trainer_for_batches.scheduler.lr_lambdas[0]
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.sched)
+        self.batches = trainer_for_batches.batch_examples
+        # tokenized once (datasets.map); padded per batch (the collator)
+        ex_all = task.train + task.dev
+        seqs = lm.sequences(task.template, [e.input for e in ex_all])
+        gold = [lm.answer_ids(e.target)[0] for e in ex_all]
+        self.tok = {id(e): (ids, g) for e, (ids, _), g in zip(ex_all, seqs, gold)}
+        self.task = task
+
+    def tokens(self, examples) -> int:
+        return sum(len(self.tok[id(e)][0]) + self.n for e in examples)
+
+    def collate(self, examples, with_answer: bool):
+        rows = [self.tok[id(e)][0] + ([self.tok[id(e)][1]] if with_answer else []) for e in examples]
+        T = max(len(r) for r in rows)
+        ids = torch.full((len(rows), T), self.lm.pad_id, dtype=torch.long)
+        att = torch.zeros((len(rows), T), dtype=torch.long)
+        labels = torch.full((len(rows), T), -100, dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, :len(r)] = torch.tensor(r)
+            att[b, :len(r)] = 1
+            if with_answer:
+                labels[b, len(r) - 1] = r[-1]
+        dev = self.lm.device
+        return ids.to(dev, non_blocking=True), att.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+
+    def train_step(self, step):
+        self.model.train()
+        ids, att, labels = self.collate(self.batches(step), with_answer=True)
+        with autocast(self.args):
+            loss = self.model(input_ids=ids, attention_mask=att, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.lr_sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self, examples=None):
+        self.model.eval()
+        examples = examples if examples is not None else self.task.dev[: self.args.eval_batch_size]
+        hits, loss_sum = 0, 0.0
+        for start in range(0, len(examples), self.args.eval_batch_size):
+            chunk = examples[start:start + self.args.eval_batch_size]
+            ids, att, _ = self.collate(chunk, with_answer=False)
+            with autocast(self.args):
+                logits = self.model(input_ids=ids, attention_mask=att).logits
+            last = att.sum(1) - 1 + self.n
+            logits = logits[torch.arange(len(chunk), device=logits.device), last].float()
+            gold = torch.tensor([self.tok[id(e)][1] for e in chunk], device=logits.device)
+            hits += int((logits.argmax(-1) == gold).sum())
+            loss_sum += float(F.cross_entropy(logits, gold, reduction="sum"))
+        return {"n": len(examples), "p_at_1": hits / len(examples), "loss": loss_sum / len(examples)}
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def timed(fn, args):
+    sync(args)
+    t = time.perf_counter()
+    fn()
+    sync(args)
+    return time.perf_counter() - t
+
+
+def gpu_peak_mb(fn, args):
+    if args.device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def measure(variants, args):
+    """Interleaved timings: warm-up, then one step (and one evaluation) of each variant per repeat."""
+    res = {v.name: {"train": [], "eval": []} for v in variants}
+    step = {v.name: 0 for v in variants}
+    for v in variants:
+        for _ in range(args.warmup):
+            v.train_step(step[v.name])
+            step[v.name] += 1
+            v.evaluate()
+        res[v.name]["peak_mb"] = gpu_peak_mb(lambda: (v.train_step(step[v.name]), v.evaluate()), args)
+        step[v.name] += 1
+    for rep in range(args.repeats):
+        for v in (variants if rep % 2 == 0 else variants[::-1]):     # alternate the order: no position bias
+            s = step[v.name]
+            res[v.name]["train"].append(timed(lambda: v.train_step(s), args))
+            step[v.name] += 1
+            res[v.name]["eval"].append(timed(v.evaluate, args))
+        print(f"  repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    out = {}
+    for v in variants:
+        ex = v.trainer.batch_examples(0) if isinstance(v, Ours) else v.batches(0)
+        dev = v.task.dev[: args.eval_batch_size]
+        t_train = statistics.median(res[v.name]["train"])
+        t_eval = statistics.median(res[v.name]["eval"])
+        out[v.name] = {"method": v.method, "steps_per_s": 1 / t_train, "tokens_per_s": v.tokens(ex) / t_train,
+                       "eval_examples_per_s": len(dev) / t_eval, "step_s": t_train,
+                       "step_s_all": res[v.name]["train"], "eval_s": t_eval, "peak_mb": res[v.name]["peak_mb"]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- time to accuracy
+class _Stop(Callback):
+    def __init__(self, target, budget, start):
+        self.target, self.budget, self.start, self.reached = target, budget, start, None
+
+    def on_eval(self, trainer, record):
+        if record["dev_p_at_1"] >= self.target:
+            self.reached = {"seconds": time.perf_counter() - self.start, "step": record["step"],
+                            "dev_p_at_1": record["dev_p_at_1"]}
+            raise KeyboardInterrupt
+
+    def on_step_end(self, trainer, step, loss):
+        if time.perf_counter() - self.start > self.budget:
+            raise KeyboardInterrupt
+
+
+def tta_worker(args) -> dict:
+    """One side's time to accuracy, in a fresh process: also its peak RSS."""
+    from ptuning_lab.cli import default_init, default_template
+    from ptuning_lab.evaluation import evaluate
+
+    torch.manual_seed(0)
+    lm = build_lm(args)
+    task = build_task(args, lm)
+    manual = evaluate(lm, task.template, task.dev)["p_at_1"]
+    target = manual + 0.10
+    steps, every = args.tta_max_steps, args.tta_eval_every
+    last = {"dev_p_at_1": None}
+    if args.tta_worker == "ours":
+        template = args.tta_template or default_template(task.template, args.virtual_tokens // 2)
+        n = num_virtual(template)
+        enc = build_encoder("mlp", n, lm.embedding.detach(), init=default_init(template), tokenize=lm.tokenize, seed=0)
+        start = time.perf_counter()
+        stop = _Stop(target, args.tta_budget, start)
+        trainer = Trainer(lm, enc, task, template, TrainConfig(lr=LR, batch_size=args.batch_size, max_steps=steps,
+                                                               eval_every=every, snapshot_every=10**6),
+                          callbacks=[stop], progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = trainer.fit()
+        reached, n_steps = stop.reached, trainer.step
+        last["dev_p_at_1"] = result.best_dev.get("p_at_1")
+    else:
+        scratch = Trainer(lm, build_encoder("direct", args.virtual_tokens, lm.embedding.detach()), task,
+                          f"[P]*{args.virtual_tokens} {task.template}",
+                          TrainConfig(lr=LR, batch_size=args.batch_size, max_steps=steps), progress=False)
+        peft = Peft("peft", lm, task, "mlp", args, scratch)
+        start = time.perf_counter()
+        reached, n_steps = None, 0
+        while n_steps < steps and time.perf_counter() - start < args.tta_budget:
+            peft.train_step(n_steps)
+            n_steps += 1
+            if n_steps % every == 0:
+                dev = peft.evaluate(task.dev)
+                last["dev_p_at_1"] = dev["p_at_1"]
+                if dev["p_at_1"] >= target:
+                    reached = {"seconds": time.perf_counter() - start, "step": n_steps, "dev_p_at_1": dev["p_at_1"]}
+                    break
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"side": args.tta_worker, "manual_p_at_1": manual, "target": target, "reached": reached,
+            "steps": n_steps, "seconds": time.perf_counter() - start, "last_dev_p_at_1": last["dev_p_at_1"],
+            "peak_rss_mb": rss_mb}
+
+
+def num_virtual(template: str) -> int:
+    from ptuning_lab.templates import Template
+
+    return Template.parse(template).num_virtual_tokens
+
+
+def time_to_accuracy(args, side: str, extra=()) -> dict:
+    cmd = [sys.executable, __file__, "--tta-worker", side, "--device", args.device, "--model", args.model,
+           "--data", args.data, "--dtype", args.dtype, "--batch-size", str(args.batch_size),
+           "--tta-budget", str(args.tta_budget), "--tta-eval-every", str(args.tta_eval_every),
+           "--tta-max-steps", str(args.tta_max_steps), "--threads", str(args.threads), *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode or not lines:
+        return {"side": side, "error": (out.stderr or out.stdout)[-800:]}
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--model", default=None, choices=["embedded", "gpt2-random"],
+                   help="default: embedded on cpu, gpt2-random (GPT-2-small shape) on cuda")
+    p.add_argument("--data", default=None, choices=["capital", "synthetic"],
+                   help="default: capital with the embedded model, synthetic (exact --seq-len) otherwise")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="frozen weights, both sides")
+    p.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast on both sides (default: on for cuda)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 16 on cpu, 256 on cuda")
+    p.add_argument("--eval-batch-size", type=int, default=None, help="default 64 on cpu, 256 on cuda")
+    p.add_argument("--virtual-tokens", type=int, default=6)
+    p.add_argument("--seq-len", type=int, default=24, help="synthetic data: PEFT's tokens per example")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--repeats", type=int, default=None, help="default 5 on cpu, 20 on cuda")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--extras", action=argparse.BooleanOptionalAction, default=True,
+                   help="extra mlp rows: plain path, PEFT's layout, suffix layout, bf16 weights (cpu)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the frozen transformer (both sides)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="time to accuracy (default: on with the embedded model)")
+    p.add_argument("--tta-budget", type=float, default=150.0, help="seconds each side may train")
+    p.add_argument("--tta-eval-every", type=int, default=5)
+    p.add_argument("--tta-max-steps", type=int, default=200)
+    p.add_argument("--tta-template", default=None, help="ours: template for time to accuracy (default: the CLI's)")
+    p.add_argument("--tta-worker", default=None, choices=["ours", "peft"], help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", default=None, help="write every number here")
+    args = p.parse_args(argv)
+    gpu = args.device == "cuda"
+    args.model = args.model or ("gpt2-random" if gpu else "embedded")
+    args.data = args.data or ("capital" if args.model == "embedded" else "synthetic")
+    args.autocast = gpu if args.autocast is None else args.autocast
+    args.batch_size = args.batch_size or (256 if gpu else 16)
+    args.eval_batch_size = args.eval_batch_size or (256 if gpu else 64)
+    args.repeats = args.repeats or (20 if gpu else 5)
+    args.tta = (args.model == "embedded") if args.tta is None else args.tta
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.tta_worker:
+        print(json.dumps(tta_worker(args)))
+        return 0
+
+    header = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else " ".join(argv),
+              "host": platform.node(), "cpu": platform.processor() or platform.machine(),
+              "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    try:
+        import peft
+        import transformers
+        header.update(peft=peft.__version__, transformers=transformers.__version__)
+    except ImportError:
+        raise SystemExit("this benchmark needs PEFT: pip install peft (a benchmark dependency only).")
+    if gpu:
+        header["gpu"] = torch.cuda.get_device_name()
+    print(json.dumps(header))
+    lm = build_lm(args)
+    task = build_task(args, lm)
+    if args.compile:
+        inner = lm.model.base_model
+        inner.compile(dynamic=None)
+    n = args.virtual_tokens
+    methods = [m for m in args.methods.split(",") if m]
+    variants = []
+    for m in methods:
+        ours = Ours(f"ours-{m}", lm, task, m, hybrid(task, n), args)
+        variants.append(ours)
+        variants.append(Peft(f"peft-{m}", lm, task, m, args, ours.trainer))
+    if args.extras and "mlp" in methods:
+        variants.append(Ours("ours-mlp-plain", lm, task, "mlp", hybrid(task, n), args, fast=False))
+        variants.append(Ours("ours-mlp-peft-layout", lm, task, "mlp", f"[P]*{n} {task.template}", args))
+        variants.append(Ours("ours-mlp-suffix", lm, task, "mlp", f"{task.template} [P]*{n}", args))
+    lm16 = None
+    if args.extras and not gpu and args.dtype == "float32" and not args.autocast and "mlp" in methods:
+        lm16 = FrozenLM(copy.deepcopy(lm.model).to(torch.bfloat16), lm.tokenizer, lm.name + "-bf16")
+        variants.append(Ours("ours-mlp-bf16", lm16, task, "mlp", hybrid(task, n), args))
+        variants.append(Peft("peft-mlp-bf16", lm16, task, "mlp", args, variants[0].trainer))
+    print(f"model {lm.name} | data {task.name} ({len(task.train)} train, {len(task.dev)} dev) | batch "
+          f"{args.batch_size} | eval batch {args.eval_batch_size} | {n} virtual tokens | dtype {args.dtype}"
+          f"{' + bf16 autocast' if args.autocast else ''} | {len(variants)} variants", flush=True)
+    results = measure(variants, args)
+
+    tta = {}
+    if args.tta:
+        tta["ours"] = time_to_accuracy(args, "ours")
+        tta["peft"] = time_to_accuracy(args, "peft")
+
+    print(f"\n{'variant':<24}{'steps/s':>9}{'tokens/s':>11}{'eval ex/s':>11}{'step ms':>9}{'peak MB':>9}")
+    for name, r in results.items():
+        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] else "-"
+        print(f"{name:<24}{r['steps_per_s']:>9.2f}{r['tokens_per_s']:>11.0f}{r['eval_examples_per_s']:>11.1f}"
+              f"{1000 * r['step_s']:>9.1f}{peak:>9}")
+    for v in variants:
+        if isinstance(v, Ours) and v.trainer.fast is not None and not v.trainer.fast.active:
+            print(f"note: {v.name} ran on the plain path: {v.trainer.fast.fallback_reason}")
+    for side, t in tta.items():
+        if "error" in t:
+            print(f"time to accuracy ({side}): failed: {t['error']}")
+            continue
+        got = f"{t['reached']['seconds']:.1f} s (step {t['reached']['step']})" if t["reached"] else \
+            f"not reached in {t['seconds']:.0f} s / {t['steps']} steps (last dev P@1 {t['last_dev_p_at_1']})"
+        print(f"time to accuracy ({side}): dev P@1 >= {t['target']:.3f} (manual {t['manual_p_at_1']:.3f} + 0.10): "
+              f"{got}; peak RSS {t['peak_rss_mb']:.0f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"header": header, "args": vars(args), "results": results,
+                                               "time_to_accuracy": tta}, indent=1))
+    for m in methods:
+        o, q = results[f"ours-{m}"], results[f"peft-{m}"]
+        print(f"RATIO {m:<7} train steps/s {o['steps_per_s'] / q['steps_per_s']:.2f}x | tokens/s "
+              f"{o['tokens_per_s'] / q['tokens_per_s']:.2f}x ({o['tokens_per_s']:.0f} vs {q['tokens_per_s']:.0f}) | "
+              f"eval {o['eval_examples_per_s'] / q['eval_examples_per_s']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

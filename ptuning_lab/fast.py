@@ -1,0 +1,479 @@
+"""The fast path: the same next-token logits as ``FrozenLM.last_logits``, with less of the frozen model's work.
+
+The frozen model never changes, and a causal model's states at a position depend only on the
+tokens before it. Two consequences make a training step or an evaluation cheaper without changing
+its result (equal to the plain path to float tolerance; ``tests/test_speed_paths.py`` checks the
+logits and the gradients):
+
+1. **Constant-prefix cache.** The tokens before the first ``[P]`` do not depend on the prompt.
+   Their keys and values (every layer) are computed once per distinct prefix, without gradients,
+   and reused by every later step and evaluation. For ``"The capital of [X] is [P]*6"`` the model
+   then runs only the 6 virtual tokens of each example.
+2. **Shared head.** Tokens that are the same in every example of a batch -- ``"[P]*3 The capital
+   of"`` before ``[X]`` -- give the same states in every example. They are run once, with batch
+   size 1, and their keys and values are broadcast to the batch; the gradient flows back through
+   the broadcast (it is summed over the batch, as it should be).
+
+Logits are computed only at the prediction position, and only for ``candidates`` when given.
+Anything the fast path cannot do exactly (an encoder that runs the model itself, a model whose
+cache it does not know) falls back to the plain path; a one-off self-check on the first batch
+compares both and falls back, with a warning, if they differ.
+
+    >>> fast = FastForward(lm, "[P]*3 The capital of [X] is [P]*3")          # doctest: +SKIP
+    >>> fast.last_logits(["France", "Peru"], prompt).shape                  # doctest: +SKIP
+    torch.Size([2, 49152])
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .frozen_lm import FrozenLM, _at_least_float32
+from .templates import Template
+
+
+@dataclass
+class FastConfig:
+    """Switches of the fast path (each one exact; turn one off to measure what it gives)."""
+
+    cache_prefix: bool = field(default=True, metadata={
+        "help": "Cache the frozen model's keys/values of the text before the first [P], once per distinct prefix."})
+    share_head: bool = field(default=True, metadata={
+        "help": "Run the tokens common to every example of a batch once (batch size 1) and broadcast them."})
+    max_cache_mb: float = field(default=1024.0, metadata={
+        "help": "Upper bound of the prefix cache in MiB; the least recently used prefixes are dropped beyond it."})
+    verify: bool = field(default=True, metadata={
+        "help": "On the first batch, compare with the plain path and fall back to it (with a warning) if they differ."})
+    pack_tokens: int = field(default=512, metadata={
+        "help": "Tokens per packed row: the live parts of several examples share one row of at most this length."})
+    eval_batch_size: int = field(default=256, metadata={
+        "help": "Examples per forward pass in evaluate() (no gradients are kept, so large batches are cheap)."})
+
+    def __post_init__(self):
+        if not self.max_cache_mb >= 0:
+            raise ValueError(f"max_cache_mb must be >= 0 (got {self.max_cache_mb}); 0 turns the cache off.")
+        if self.pack_tokens < 1:
+            raise ValueError(f"pack_tokens must be >= 1 (got {self.pack_tokens}); e.g. 512.")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1 (got {self.eval_batch_size}); e.g. 256.")
+
+
+class FastForward:
+    """Next-token logits for ``template`` filled with inputs, computed with the prefix cache and shared head.
+
+    ``last_logits(inputs, prompt, candidates)`` returns what ``lm.last_logits(lm.encode(template,
+    inputs), prompt, candidates)`` returns: ``(B, vocab)`` or ``(B, C)`` float32, differentiable
+    with respect to ``prompt (n, d)``.
+    """
+
+    def __init__(self, lm: FrozenLM, template, config: FastConfig | None = None):
+        self.lm = lm
+        self.template = Template.parse(template)
+        self.config = config or FastConfig()
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._cache_bytes = 0
+        self._seq_memo: dict[str, tuple[list[int], list[int]]] = {}
+        self._verified = not self.config.verify
+        self.fallback_reason: str | None = _unsupported_reason(lm)
+        self.stats = {"calls": 0, "cache_hits": 0, "cache_misses": 0, "tokens_total": 0, "tokens_run": 0}
+
+    # ---------------------------------------------------------------- public
+    @property
+    def active(self) -> bool:
+        """False when this model or template runs on the plain path (``fallback_reason`` says why)."""
+        return self.fallback_reason is None
+
+    def last_logits(self, inputs: Sequence[str], prompt: torch.Tensor | None,
+                    candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, vocab)`` (or ``(B, C)``) next-token logits after the template, float32."""
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        if not inputs:
+            raise ValueError("no inputs: give at least one input text.")
+        if not self.active or hasattr(prompt, "hidden"):
+            return self.lm.last_logits(self.lm.encode(self.template, inputs), prompt, candidates)
+        self._check(self._sequences(inputs), prompt)     # bad input is an error, never a reason to fall back
+        if not self._verified:
+            self._verify(inputs, prompt)
+            if not self.active:
+                return self.lm.last_logits(self.lm.encode(self.template, inputs), prompt, candidates)
+        h_last = self.last_hidden(inputs, prompt)
+        return _at_least_float32(self.lm.head(h_last, candidates))
+
+    def last_hidden(self, inputs: Sequence[str], prompt: torch.Tensor | None) -> torch.Tensor:
+        """Final hidden state ``(B, d)`` at each example's prediction position."""
+        seqs = self._sequences(list(inputs))
+        self._check(seqs, prompt)
+        ids_list = [ids for ids, _ in seqs]
+        self.stats["calls"] += 1
+        self.stats["tokens_total"] += sum(len(ids) for ids in ids_list)
+        return self._run(ids_list, [slots for _, slots in seqs], prompt)
+
+    def _check(self, seqs, prompt) -> None:
+        max_len = max(len(ids) for ids, _ in seqs)
+        if max_len > self.lm.max_positions:
+            raise ValueError(f"a templated input is {max_len} tokens long but the model '{self.lm.name}' accepts "
+                             f"{self.lm.max_positions}; shorten the input or use fewer virtual tokens.")
+        n_needed = max(ids.count(-1) for ids, _ in seqs)
+        if n_needed and prompt is None:
+            raise ValueError("the template has [P] slots but no prompt was given: pass prompt=encoder() "
+                             "or use a template without [P] for a manual prompt.")
+        if prompt is not None:
+            d = self.lm.hidden_size
+            if prompt.dim() != 2 or prompt.shape[0] < n_needed or prompt.shape[1] != d:
+                raise ValueError(f"the prompt has shape {tuple(prompt.shape)} but the template needs "
+                                 f"({n_needed}, {d}): one row per [P] of width d_model.")
+
+    def _sequences(self, inputs: list[str]) -> list[tuple[list[int], list[int]]]:
+        """Per input: token ids (-1 at [P]) and the prompt row of each position, memoised per input."""
+        memo = self._seq_memo
+        missing = list(dict.fromkeys(x for x in inputs if x not in memo))
+        if missing:
+            if len(memo) + len(missing) > 200_000:
+                memo.clear()
+            for x, (ids, _) in zip(missing, self.lm.sequences(self.template, missing)):
+                memo[x] = (ids, _slots(ids))
+        return [memo[x] for x in inputs]
+
+    def evaluate(self, examples, prompt: torch.Tensor | None, answers: Sequence[str] | None = None) -> dict:
+        """``evaluation.evaluate`` on the fast path: ``{"n", "p_at_1", "loss"}`` (+ ``"candidate_accuracy"``).
+
+        Candidate answers are ranked by ``evaluation.best_candidates`` (the plain path scores
+        multi-token answers).
+        """
+        from .evaluation import best_candidates, first_token_ids
+
+        examples = list(examples)
+        if not examples:
+            raise ValueError("no examples to evaluate: the split is empty. Use a larger task or other split fractions.")
+        prompt = prompt.detach() if prompt is not None and not hasattr(prompt, "hidden") else prompt
+        hits, loss_sum, cand_hits = 0, 0.0, 0
+        size = self.config.eval_batch_size
+        with torch.no_grad():
+            for start in range(0, len(examples), size):
+                chunk = examples[start:start + size]
+                inputs = [ex.input for ex in chunk]
+                gold = first_token_ids(self.lm, [ex.target for ex in chunk])
+                logits = self.last_logits(inputs, prompt)
+                log_probs = logits.log_softmax(-1)
+                hits += int((logits.argmax(-1) == gold).sum())
+                loss_sum += float(F.nll_loss(log_probs, gold, reduction="sum"))
+                if answers is not None:
+                    picked = best_candidates(self.lm, self.template, inputs, list(answers), prompt, log_probs)
+                    cand_hits += sum(answers[p] == ex.target for p, ex in zip(picked, chunk))
+        n = len(examples)
+        out = {"n": n, "p_at_1": hits / n, "loss": loss_sum / n}
+        if answers is not None:
+            out["candidate_accuracy"] = cand_hits / n
+        return out
+
+    def clear_cache(self) -> None:
+        """Forget every cached prefix (e.g. after changing the model's weights or dtype)."""
+        self._cache.clear()
+        self._cache_bytes = 0
+
+    @property
+    def cache_mb(self) -> float:
+        return self._cache_bytes / 2**20
+
+    # ---------------------------------------------------------------- the work
+    def _run(self, ids_list: list[list[int]], slot_list: list[list[int]], prompt) -> torch.Tensor:
+        """Final hidden state (B, d) at each prediction position, via packed rows.
+
+        Each example = [constant prefix: cached keys/values] + [shared head: common to the batch]
+        + [live part]. The live parts of several examples are packed into one row after a copy of
+        the shared head; a block mask lets each example see only its own prefix, the head and
+        itself (causally), and explicit position ids keep every token where the plain path puts
+        it. Packing leaves no padding inside a row and keeps the matrix products large, which
+        matters on a CPU, where every pass streams the model's weights from memory.
+        """
+        lm, dev, cfg = self.lm, self.lm.device, self.config
+        B = len(ids_list)
+        lengths = [len(ids) for ids in ids_list]
+        # constant prefix: everything before the first [P]; the prediction position always runs live
+        firsts = [min(ids.index(-1) if -1 in ids else n - 1, n - 1) for ids, n in zip(ids_list, lengths)]
+        if not cfg.cache_prefix or cfg.max_cache_mb == 0:
+            firsts = [0] * B
+        common = _common_prefix_length(ids_list) if (cfg.share_head and B > 1) else 0
+        common = min(common, min(lengths) - 1)
+        f0 = firsts[0]
+        if all(f == f0 for f in firsts) and common > f0:
+            head, starts = ids_list[0][f0:common], [common] * B
+        else:
+            head, starts = [], firsts
+        H = len(head)
+
+        # pack the live parts into rows of at most pack_tokens tokens (one example never splits)
+        live_lens = [n - s for n, s in zip(lengths, starts)]
+        rows = _pack(live_lens, max(cfg.pack_tokens - H, 1))
+        R = len(rows)
+        Q = H + max(sum(live_lens[b] for b in row) for row in rows)
+        tok = torch.full((R, Q), -2, dtype=torch.long)           # -1 virtual, -2 padding
+        slot = torch.zeros((R, Q), dtype=torch.long)
+        seg = torch.full((R, Q), _PAD, dtype=torch.long)         # which example a token belongs to
+        pos = torch.zeros((R, Q), dtype=torch.long)
+        last = torch.zeros(B, dtype=torch.long)
+        row_of = torch.zeros(B, dtype=torch.long)
+        head_slots = slot_list[0][f0:common] if H else []
+        for r, row in enumerate(rows):
+            t_ids, t_slot, t_seg, t_pos = list(head), list(head_slots), [_SHARED] * H, list(range(f0, f0 + H))
+            for b in row:
+                ids, s = ids_list[b], starts[b]
+                t_ids += ids[s:]
+                t_slot += slot_list[b][s:]
+                t_seg += [b] * (lengths[b] - s)
+                t_pos += range(s, lengths[b])
+                last[b], row_of[b] = len(t_ids) - 1, r
+            n = len(t_ids)
+            tok[r, :n], slot[r, :n] = torch.tensor(t_ids), torch.tensor(t_slot)
+            seg[r, :n], pos[r, :n] = torch.tensor(t_seg), torch.tensor(t_pos)
+        self.stats["tokens_run"] += sum(live_lens) + R * H
+        tok, slot, seg, pos = tok.to(dev), slot.to(dev), seg.to(dev), pos.to(dev)
+
+        # keys/values already known: the constant prefixes, from the cache
+        if H and f0 > 0:
+            entry = self._prefix_cache([ids_list[0][:f0]])[0]                     # (layers, 2, heads, L, hd)
+            kv = entry.unsqueeze(2).expand(-1, -1, R, -1, -1, -1)
+            kseg = torch.full((R, f0), _SHARED, dtype=torch.long, device=dev)
+        elif not H and max(firsts) > 0:
+            kv, kseg = self._row_prefixes([[ids_list[b][:firsts[b]] for b in row] for row in rows], rows)
+        else:
+            kv, kseg = None, torch.zeros((R, 0), dtype=torch.long, device=dev)
+
+        embeds = self._embed(tok, slot, prompt)
+        mask = _block_mask(seg, kseg, self._mask_dtype(embeds))
+        cache = _make_cache(kv) if kv is not None else None
+        kwargs = {lm._cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
+        out = lm.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, **kwargs)
+        return out.last_hidden_state[row_of.to(dev), last.to(dev)]                  # (B, d)
+
+    def _embed(self, tok: torch.Tensor, slot: torch.Tensor, prompt) -> torch.Tensor:
+        """Token embeddings (R, Q, d); -1 -> prompt row ``slot``, -2 (padding) -> the pad token."""
+        lm = self.lm
+        embeds = lm.model.get_input_embeddings()(torch.where(tok < 0, torch.full_like(tok, lm.pad_id), tok))
+        is_virtual = tok == -1
+        if prompt is not None and bool(is_virtual.any()):
+            placed = prompt.to(embeds.dtype)[slot]                                   # (R, Q, d)
+            embeds = torch.where(is_virtual.unsqueeze(-1), placed, embeds)
+        return embeds
+
+    def _mask_dtype(self, embeds: torch.Tensor):
+        """Boolean masks for SDPA; an additive float mask for the eager attention."""
+        impl = getattr(self.lm.model.config, "_attn_implementation", "sdpa")
+        return torch.bool if impl == "sdpa" else embeds.dtype
+
+    # ---------------------------------------------------------------- the prefix cache
+    def _key(self, ids) -> tuple:
+        # keys/values computed under autocast have its dtype: keep them apart from full-precision ones
+        return (_autocast_on(self.lm.device), tuple(ids))
+
+    def _prefix_cache(self, prefixes: list[list[int]]) -> list[torch.Tensor]:
+        """Per prefix: its keys/values, a tensor (layers, 2, heads, L, head_dim), computed once."""
+        keys = [self._key(p) for p in prefixes]
+        found = {k: self._cache[k] for k in keys if k in self._cache}
+        missing = list(OrderedDict.fromkeys(k for k in keys if k not in found))
+        self.stats["cache_hits"] += len(keys) - len(missing)
+        self.stats["cache_misses"] += len(missing)
+        for k in found:
+            self._cache.move_to_end(k)
+        if missing:
+            fresh = dict(zip(missing, self._compute_prefixes([list(k[1]) for k in missing])))
+            found.update(fresh)
+            for k, t in fresh.items():          # may evict older entries; this batch keeps its own in `found`
+                self._store(k, t)
+        return [found[k] for k in keys]
+
+    def _store(self, key, t: torch.Tensor) -> None:
+        size = t.numel() * t.element_size()
+        limit = self.config.max_cache_mb * 2**20
+        if size > limit:
+            return
+        self._cache[key] = t
+        self._cache_bytes += size
+        while self._cache_bytes > limit:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= old.numel() * old.element_size()
+
+    @torch.no_grad()
+    def _compute_prefixes(self, prefixes: list[list[int]]) -> list[torch.Tensor]:
+        lm, dev = self.lm, self.lm.device
+        # inference tensors cannot take part in a later backward: build the cache as ordinary tensors
+        with torch.inference_mode(False):
+            L = max(len(p) for p in prefixes)
+            ids = torch.full((len(prefixes), L), lm.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(prefixes), L), dtype=torch.long)
+            for b, p in enumerate(prefixes):
+                ids[b, :len(p)] = torch.tensor(p, dtype=torch.long)
+                mask[b, :len(p)] = 1
+            ids, mask = ids.to(dev), mask.to(dev)
+            pos = torch.arange(L, device=dev).unsqueeze(0).expand(len(prefixes), L)
+            embeds = lm.model.get_input_embeddings()(ids)
+            out = lm.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True)
+            kv = _cache_tensors(_out_cache(out, lm))
+            stacked = torch.stack([torch.stack([k, v]) for k, v in kv])   # (layers, 2, B, heads, L, hd)
+            self.stats["tokens_run"] += int(mask.sum())
+            return [stacked[:, :, b, :, :len(p)].clone() for b, p in enumerate(prefixes)]
+
+    def _row_prefixes(self, row_prefixes: list[list[list[int]]], rows):
+        """Cached keys/values of each row's examples, concatenated: (layers, 2, R, heads, K, hd) and key segments."""
+        dev = self.lm.device
+        flat = [p for ps in row_prefixes for p in ps if p]
+        found = iter(self._prefix_cache(flat))
+        per_row, segs = [], []
+        for ps, row in zip(row_prefixes, rows):
+            parts = [next(found) for p in ps if p]
+            per_row.append(torch.cat(parts, dim=3) if len(parts) > 1 else parts[0] if parts else None)
+            segs.append([b for p, b in zip(ps, row) for _ in p])
+        K = max(len(x) for x in segs)
+        ref = next(t for t in per_row if t is not None)
+        kv = torch.stack([F.pad(t, (0, 0, 0, K - t.shape[3])) if t is not None
+                          else ref.new_zeros(*ref.shape[:3], K, ref.shape[4]) for t in per_row], dim=2)
+        kseg = torch.full((len(rows), K), _PAD, dtype=torch.long)
+        for r, sg in enumerate(segs):
+            kseg[r, :len(sg)] = torch.tensor(sg, dtype=torch.long)
+        return kv, kseg.to(dev)
+
+    # ---------------------------------------------------------------- safety
+    def _verify(self, inputs, prompt) -> None:
+        """Compare with the plain path on (up to) two examples; fall back if they differ."""
+        self._verified = True
+        probe = list(dict.fromkeys(inputs))[:2]
+        try:
+            with torch.no_grad():
+                p = prompt.detach() if prompt is not None else None
+                plain = self.lm.last_logits(self.lm.encode(self.template, probe), p)
+                fast = _at_least_float32(self.lm.head(self.last_hidden(probe, p)))
+                if len(probe) > 1:       # the shared-head branch needs two examples that share a head
+                    fast2 = _at_least_float32(self.lm.head(self.last_hidden([probe[0]] * 2, p)))[0]
+                    plain2 = plain[0]
+                else:
+                    fast2 = plain2 = plain[0]
+        except Exception as err:      # noqa: BLE001 -- any failure means: use the plain path
+            self.fallback_reason = f"the fast path failed on this model ({type(err).__name__}: {err})"
+        else:
+            scale = plain.abs().max().clamp(min=1.0)
+            low = self.lm.embedding.dtype in (torch.float16, torch.bfloat16) or _autocast_on(self.lm.device)
+            tol = 5e-2 if low else 1e-3
+            err = max(float((fast - plain).abs().max() / scale), float((fast2 - plain2).abs().max() / scale))
+            if not math.isfinite(err) or err > tol:
+                self.fallback_reason = f"the fast path's logits differ from the plain path's by {err:.2g} (relative)"
+        if self.fallback_reason:
+            self.clear_cache()
+            warnings.warn(f"{self.fallback_reason}; using the plain path for model '{self.lm.name}'.")
+
+
+# ---------------------------------------------------------------------------- helpers
+def _common_prefix_length(ids_list: list[list[int]]) -> int:
+    first = ids_list[0]
+    n = min(len(ids) for ids in ids_list)
+    for i in range(n):
+        t = first[i]
+        if any(ids[i] != t for ids in ids_list):
+            return i
+    return n
+
+
+def _autocast_on(device: torch.device) -> bool:
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:                        # torch < 2.4: no device argument
+        return torch.is_autocast_enabled() if device.type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+def _unsupported_reason(lm: FrozenLM) -> str | None:
+    cfg = getattr(lm.model, "config", None)
+    if cfg is not None and getattr(cfg, "is_encoder_decoder", False):
+        return "encoder-decoder models are not supported by the fast path"
+    try:
+        from transformers import DynamicCache  # noqa: F401
+    except ImportError:                      # pragma: no cover - very old transformers
+        return "this transformers release has no DynamicCache"
+    return None
+
+
+def _out_cache(out, lm):
+    cache = getattr(out, lm._cache_arg, None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    if cache is None:
+        raise RuntimeError("the model returned no key/value cache")
+    return cache
+
+
+def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values), each (B, heads, L, head_dim), from a transformers cache of any release."""
+    if hasattr(cache, "layers"):                                   # transformers >= 4.56
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    if hasattr(cache, "key_cache"):                                # transformers 4.36 - 4.55
+        return list(zip(cache.key_cache, cache.value_cache))
+    return [(k, v) for k, v in cache]                              # legacy tuples
+
+
+def _make_cache(kv):
+    """A fresh ``DynamicCache`` holding ``kv``: a (layers, 2, R, heads, K, head_dim) tensor."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i in range(kv.shape[0]):
+        cache.update(kv[i, 0], kv[i, 1], i)
+    return cache
+
+
+_SHARED, _PAD = -1, -2          # segment ids: seen by every example / padding
+
+
+def _slots(ids: list[int]) -> list[int]:
+    """Prompt row of each position (the k-th -1 is row k; other positions 0)."""
+    out, k = [], 0
+    for t in ids:
+        if t == -1:
+            out.append(k)
+            k += 1
+        else:
+            out.append(0)
+    return out
+
+
+def _pack(lengths: list[int], budget: int) -> list[list[int]]:
+    """Split examples (in order) into rows of at most ``budget`` tokens, balanced in length."""
+    total = sum(lengths)
+    n_rows = max(1, math.ceil(total / budget), math.ceil(max(lengths) / budget))
+    target = total / n_rows
+    rows, row, acc = [], [], 0
+    for b, n in enumerate(lengths):
+        if row and (acc + n > budget or (acc + n / 2 > target and len(rows) < n_rows - 1)):
+            rows.append(row)
+            row, acc = [], 0
+        row.append(b)
+        acc += n
+    rows.append(row)
+    return rows
+
+
+def _block_mask(seg: torch.Tensor, kseg: torch.Tensor, dtype) -> torch.Tensor:
+    """Attention mask (R, 1, Q, K + Q) for packed rows.
+
+    ``seg`` (R, Q): example id of each live token (_SHARED for the shared head, _PAD for padding);
+    ``kseg`` (R, K): example id of each cached key. A token sees the cached keys of its own example
+    and the shared ones, and the live tokens of its example and the shared head up to itself.
+    Padding sees itself, so no row of the mask is empty (an empty row gives NaN gradients).
+    """
+    R, Q = seg.shape
+    keys = torch.cat([kseg, seg], dim=1)                                           # (R, K + Q)
+    order_q = torch.arange(Q, device=seg.device)
+    order_k = torch.cat([torch.full((kseg.shape[1],), -1, device=seg.device), order_q])
+    same = (keys.unsqueeze(1) == seg.unsqueeze(2)) | (keys.unsqueeze(1) == _SHARED)
+    allowed = same & (order_k.view(1, 1, -1) <= order_q.view(1, -1, 1))
+    allowed = allowed & ((keys.unsqueeze(1) != _PAD) | (seg.unsqueeze(2) == _PAD))
+    allowed = allowed.unsqueeze(1)
+    if dtype == torch.bool:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+__all__ = ["FastConfig", "FastForward"]

@@ -1,0 +1,224 @@
+"""Data-parallel training: shards, gradient sums and gathered metrics equal the single-process ones.
+
+The sharding maths is checked in-process on a float64 tiny GPT-2 (exact to 1e-10); the real thing
+runs the CLI under ``accelerate launch`` with 2 CPU processes (gloo) and compares the saved prompt
+with a 1-process run of the same global batch.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_tiny_lm
+from ptuning_lab import checkpoint as ckpt
+from ptuning_lab import distributed
+from ptuning_lab.distributed import (Distributed, combine_metrics, launch_info, launched, shard, shard_bounds,
+                                     shard_loss)
+from ptuning_lab.encoders import build_encoder
+from ptuning_lab.evaluation import evaluate
+from ptuning_lab.tasks import Example, Task, load_task
+from ptuning_lab.trainer import TrainConfig, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["apple", "river", "stone", "cloud", "green", "music", "paper", "light", "table", "sugar", "horse", "glass"]
+
+
+def toy_task(n=24):
+    answers = ["north", "south", "east", "west"]
+    exs = [Example(WORDS[i % len(WORDS)] + str(i), answers[i % 4]) for i in range(n)]
+    return Task("toy", "Direction of [X] is", exs[: n // 2], exs[n // 2: 3 * n // 4], exs[3 * n // 4:],
+                sorted(answers))
+
+
+@pytest.fixture(scope="module")
+def gpt2(tokenizer):
+    return make_tiny_lm("gpt2", tokenizer, dtype=torch.float64)
+
+
+def toy_trainer(lm, **cfg):
+    enc = build_encoder("mlp", 3, lm.embedding.detach(), init="vocab", seed=0).double()
+    return Trainer(lm, enc, toy_task(), "[P][P] Direction of [X] is [P]", TrainConfig(**cfg), progress=False)
+
+
+# ---------------------------------------------------------------- launch detection and sharding
+def test_launch_info_reads_the_launcher_variables():
+    assert launch_info({}) == distributed.LaunchInfo(1, 0, 0) and not launched({})
+    info = launch_info({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0"})
+    assert (info.world_size, info.rank, info.local_rank) == (4, 2, 0)
+    assert launched({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0"})
+    assert not launched({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"})
+    with pytest.raises(ValueError, match="RANK=4.*accelerate launch"):
+        launch_info({"WORLD_SIZE": "4", "RANK": "4"})
+    with pytest.raises(ValueError, match="WORLD_SIZE='two' is not an integer"):
+        launch_info({"WORLD_SIZE": "two"})
+
+
+def test_shards_concatenate_to_the_global_batch():
+    for n in range(14):
+        items = [f"ex{i}" for i in range(n)]
+        for world in range(1, 6):
+            parts = [shard(items, r, world) for r in range(world)]
+            assert sum(parts, []) == items                               # in rank order: the global batch
+            sizes = [len(p) for p in parts]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+            assert parts == [shard(items, r, world) for r in range(world)]   # deterministic
+    assert shard_bounds(5, 0, 2) == (0, 3) and shard_bounds(5, 1, 2) == (3, 5)
+    assert shard(["a"], 1, 2) == []                                      # more ranks than examples
+    with pytest.raises(ValueError, match="rank 2 is not in a world of 2"):
+        shard_bounds(5, 2, 2)
+
+
+# ---------------------------------------------------------------- the gradient maths, in one process
+@pytest.mark.parametrize("world, gamma", [(2, 0.0), (3, 0.5), (6, 0.5)])
+def test_shard_gradients_sum_to_the_global_batch_gradient(gpt2, world, gamma):
+    """Sum over ranks of grad(loss(shard) * |shard|/B) == grad(mean loss over B), waywardness included.
+
+    B = 5: world 2 gives shards 3/2, world 3 gives 2/2/1, world 6 leaves one rank empty.
+    """
+    cfg = {"waywardness_gamma": gamma, "waywardness_target": "the capital"} if gamma else {}
+    trainer = toy_trainer(gpt2, **cfg)
+    batch = trainer.task.train[:5]
+    params = list(trainer.encoder.parameters())
+    full = trainer.loss(batch)
+    want = torch.autograd.grad(full, params)
+    total = 0.0
+    for rank in range(world):                    # gradients accumulate in .grad exactly like the SUM all-reduce
+        local = shard_loss(trainer.loss, trainer.encoder, batch, rank, world)
+        if local.requires_grad:
+            local.backward()
+        total += float(local.detach())
+    assert total == pytest.approx(float(full.detach()), rel=1e-12)
+    for p, g in zip(params, want):
+        assert torch.allclose(p.grad, g, atol=1e-10, rtol=1e-8)
+    assert max(g.abs().max() for g in want) > 1e-4                       # a real gradient, not zeros
+
+
+def test_single_process_context_changes_nothing(gpt2, monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    ctx = distributed.context()
+    assert (ctx.world_size, ctx.rank, ctx.is_main_process, ctx.device, ctx.accelerator) == (1, 0, True, None, None)
+    assert distributed.is_main_process() and distributed.device_for("cpu") == "cpu" and distributed.device_for(None) is None
+    assert ctx.shard([1, 2, 3]) == [1, 2, 3] and ctx.gather_object({"a": 1}) == [{"a": 1}]
+    trainer = toy_trainer(gpt2)
+    assert trainer.dist is ctx
+    before = {k: v.clone() for k, v in trainer.encoder.state_dict().items()}
+    ctx.broadcast_parameters(trainer.encoder)
+    assert all(torch.equal(before[k], v) for k, v in trainer.encoder.state_dict().items())
+    batch = trainer.task.train[:4]
+    # backward_shard in one process: the plain mean loss and its gradient
+    loss = ctx.backward_shard(trainer.loss, trainer.encoder, batch)
+    want = torch.autograd.grad(trainer.loss(batch), list(trainer.encoder.parameters()))
+    assert float(loss) == pytest.approx(float(trainer.loss(batch).detach()), rel=1e-12)
+    assert all(torch.allclose(p.grad, g, atol=1e-12) for p, g in zip(trainer.encoder.parameters(), want))
+    # evaluate: exactly the function on the whole split
+    prompt = trainer.current_prompt()
+    assert ctx.evaluate(lambda exs: evaluate(gpt2, trainer.template, exs, prompt), trainer.task.dev) == \
+        evaluate(gpt2, trainer.template, trainer.task.dev, prompt)
+
+
+def test_non_finite_loss_is_raised_with_gradients_cleared(gpt2):
+    trainer = toy_trainer(gpt2)
+    with pytest.raises(FloatingPointError, match="nan"):
+        Distributed().backward_shard(lambda exs: trainer.loss(exs) * float("nan"), trainer.encoder,
+                                     trainer.task.train[:4])
+    assert all(p.grad is None for p in trainer.encoder.parameters())
+
+
+# ---------------------------------------------------------------- gathered metrics
+def test_combined_shard_metrics_equal_the_whole_split(gpt2):
+    trainer = toy_trainer(gpt2)
+    task, prompt = trainer.task, trainer.current_prompt()
+    examples = task.dev + task.test                                      # 12 examples
+
+    def run(exs):
+        return evaluate(gpt2, trainer.template, exs, prompt, answers=task.answers)
+
+    want = run(examples)
+    for world in (2, 5):                                                 # shards 6/6 and 3/3/2/2/2
+        per_rank = [run(shard(examples, r, world)) for r in range(world)]
+        got = combine_metrics(per_rank + [{"n": 0}])                     # plus a rank left without examples
+        assert got["n"] == want["n"] == 12
+        assert got["p_at_1"] == want["p_at_1"] and got["candidate_accuracy"] == want["candidate_accuracy"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-12)
+
+
+def test_count_metrics_are_combined_exactly():
+    """P@1 from counts: 1/3 on 3 examples and 3/7 on 7 give exactly 4/10, the single-process float."""
+    got = combine_metrics([{"n": 3, "p_at_1": 1 / 3, "loss": 2.0}, {"n": 7, "p_at_1": 3 / 7, "loss": 1.0},
+                           {"n": 0}])
+    assert got["p_at_1"] == 4 / 10 and got["loss"] == pytest.approx((3 * 2.0 + 7 * 1.0) / 10)
+    with pytest.raises(ValueError, match="empty"):
+        combine_metrics([{"n": 0}, {"n": 0}])
+
+
+# ---------------------------------------------------------------- the real launch: 2 CPU processes
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("tiny-gpt2-dist")
+    lm = make_tiny_lm("gpt2", tokenizer)
+    lm.model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HOME": str(tmp_path / "hf_home")}          # no user accelerate config can change the launch
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow          # two launches of the CLI: about 30 s on 2 cores
+def test_two_processes_give_the_single_process_prompt(tiny_model_dir, tmp_path):
+    # 16 train / 5 dev / 5 test; global batch 5 -> shards 3/2, and the epoch's last batch of 1 -> 1/0
+    task = load_task("capital", seed=0, max_examples=26)
+    assert (len(task.train), len(task.dev), len(task.test)) == (16, 5, 5)
+    train = ["train", "--task", "capital", "--encoder", "mlp", "--model", tiny_model_dir, "--device", "cpu",
+             "--max-examples", "26", "--batch-size", "5", "--max-steps", "6", "--eval-every", "2",
+             "--checkpoint-every", "3", "--lr", "0.02"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir()
+    (two / "stale.txt").write_text("from an earlier run")               # --overwrite: main clears it, once
+    launched_run = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                         "--main_process_port", str(_free_port()), "-m", "ptuning_lab.cli", *train,
+                         "--out", str(two), "--overwrite"], tmp_path)
+    _run([sys.executable, "-m", "ptuning_lab.cli", *train, "--out", str(one)], tmp_path)
+
+    assert "process 0 of 2" in launched_run.stderr and "process 1 of 2" in launched_run.stderr
+    printed = json.loads(launched_run.stdout)                           # one JSON: only the main process prints
+    assert not (two / "stale.txt").exists()
+
+    a, b = ckpt.load_run(one), ckpt.load_run(two)
+    moved = (a.prompt - a.snapshots[0]).abs().max()
+    assert moved > 1e-2                                                  # training changed the prompt...
+    assert torch.allclose(b.prompt, a.prompt, atol=1e-5, rtol=0)         # ...identically in both runs
+    for k in a.encoder_state:
+        assert torch.allclose(b.encoder_state[k], a.encoder_state[k], atol=1e-5, rtol=0)
+    assert torch.allclose(b.snapshots, a.snapshots, atol=1e-5, rtol=0)
+    assert [r["step"] for r in b.history["train"]] == [r["step"] for r in a.history["train"]] == list(range(1, 7))
+    assert [r["lr"] for r in b.history["train"]] == [r["lr"] for r in a.history["train"]]
+    assert [r["loss"] for r in b.history["train"]] == pytest.approx([r["loss"] for r in a.history["train"]], abs=1e-5)
+    for rb, ra in zip(b.history["eval"], a.history["eval"], strict=True):
+        assert (rb["step"], rb["dev_p_at_1"]) == (ra["step"], ra["dev_p_at_1"])
+        assert rb["dev_loss"] == pytest.approx(ra["dev_loss"], abs=1e-5)
+    assert (b.history["best_step"], b.history["stopped"]) == (a.history["best_step"], a.history["stopped"])
+    ma = json.loads((one / "metrics.json").read_text())
+    for key in ("test_p_at_1", "test_candidate_accuracy", "dev_p_at_1", "steps", "best_step", "stopped"):
+        assert b.metrics[key] == ma[key] == printed[key], key
+    assert json.loads((two / "state" / "trainer.json").read_text())["step"] == 6

@@ -1,0 +1,266 @@
+"""The course notebooks as files: one list of them, built from notebooks/build.py, no stored outputs,
+badges that match ptuning_lab.course and lead to notebooks that exist, and code that names real API.
+
+Executing the notebooks is nbval's job (`make test` collects notebooks/ with --nbval-lax); these
+tests need no model and run in a second.
+"""
+import ast
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+import ptuning_lab as pl
+from ptuning_lab import course
+
+ROOT = Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "notebooks"
+CHECK = "# NBVAL_CHECK_OUTPUT"
+LINK = re.compile(r"\[(?P<text>!\[[^\]]*\]\([^)]*\)|[^\]]*)\]\((?P<url>[^)\s]+)\)")
+FENCE = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def load_build():
+    spec = importlib.util.spec_from_file_location("course_build", NB_DIR / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def build():
+    return load_build()
+
+
+NOTEBOOKS = course.notebook_files()
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def source(cell) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def code_cells(nb):
+    return [source(c) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def solution_blocks(nb) -> list[str]:
+    return [block for c in nb["cells"] if c["cell_type"] == "markdown" and "<summary><b>Solutions" in source(c)
+            for block in FENCE.findall(source(c))]
+
+
+# ------------------------------------------------------------------ one list of notebooks
+def test_the_glob_lists_every_notebook_and_build_py_builds_exactly_those(build):
+    names = [p.name for p in NOTEBOOKS]
+    assert len(names) == 7 and names == sorted(names)
+    assert names[0].startswith("01_") and names[-1].startswith("07_")
+    # pytest collects every .ipynb under notebooks/: any notebook outside the glob would run unlisted
+    every = sorted(p.relative_to(NB_DIR).as_posix() for p in NB_DIR.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    assert every == names
+    assert sorted(build.built()) == names
+
+
+def test_committed_notebooks_equal_what_build_py_writes(build):
+    for name, text in build.built().items():
+        assert (NB_DIR / name).read_text(encoding="utf-8") == text, \
+            f"{name} differs from notebooks/build.py: edit build.py and run `python notebooks/build.py`"
+    assert build.main(["--check"]) == 0
+
+
+def test_makefile_runs_the_notebook_directory_under_nbval():
+    test_line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "pytest" in line and "nbval" in line)
+    assert " notebooks " in test_line and "--nbval-lax" in test_line
+    assert "--nbval-sanitize-with notebooks/sanitize.cfg" in test_line and (NB_DIR / "sanitize.cfg").is_file()
+
+
+# ------------------------------------------------------------------ stored without outputs
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_outputs_are_stored_except_the_expected_text_of_checked_cells(path):
+    nb = read(path)
+    assert "widgets" not in nb["metadata"], "saved widget state: clear it (build.py writes none)"
+    checked = 0
+    for cell in nb["cells"]:
+        assert not cell.get("attachments"), "attachments are stored outputs too"
+        if cell["cell_type"] != "code":
+            continue
+        if source(cell).startswith(CHECK):
+            checked += 1
+            # the reference nbval compares with: plain expected stdout, marked as run
+            assert cell["execution_count"] == checked
+            assert [o["output_type"] for o in cell["outputs"]] == ["stream"]
+            assert cell["outputs"][0]["name"] == "stdout" and "".join(cell["outputs"][0]["text"]).strip()
+        else:
+            assert cell["outputs"] == [] and cell["execution_count"] is None, source(cell)[:80]
+    assert checked >= 1, "each notebook checks at least one printed result (# NBVAL_CHECK_OUTPUT)"
+
+
+# ------------------------------------------------------------------ badges and links
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_badges_match_course_urls_and_point_to_existing_notebooks(path):
+    header = source(read(path)["cells"][0])
+    urls = [m["url"] for m in LINK.finditer(header) if m["text"].startswith("![")]
+    assert urls == [course.colab_url(path.stem), course.binder_url(path.stem)]
+    colab_path = urls[0].split(f"/blob/{course.BRANCH}/", 1)[1]
+    binder_path = unquote(urls[1].split("labpath=", 1)[1])
+    for repo_path in (colab_path, binder_path):
+        assert repo_path == f"notebooks/{path.name}" and (ROOT / repo_path).is_file()
+    assert f"github/{course.REPO}/" in urls[0] and f"/gh/{course.REPO}/{course.BRANCH}?" in urls[1]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_relative_links_lead_to_existing_notebooks(path):
+    text = "\n".join(source(c) for c in read(path)["cells"] if c["cell_type"] == "markdown")
+    local = [m["url"] for m in LINK.finditer(text) if m["url"].endswith(".ipynb") and "://" not in m["url"]]
+    assert local, "each notebook links to the next one"
+    for url in local:
+        assert (NB_DIR / url).is_file(), url
+
+
+def test_urls_come_from_one_setting(monkeypatch):
+    assert course.colab_url("01_x") == ("https://colab.research.google.com/github/ptuning-lab/ptuning_lab/blob/main/"
+                                        "notebooks/01_x.ipynb")
+    assert course.binder_url("01_x.ipynb") == ("https://mybinder.org/v2/gh/ptuning-lab/ptuning_lab/main"
+                                               "?labpath=notebooks%2F01_x.ipynb")
+    monkeypatch.setattr(course, "REPO", "me/fork")
+    monkeypatch.setattr(course, "BRANCH", "dev")
+    assert "github/me/fork/blob/dev/notebooks/01_x.ipynb" in course.colab_url("01_x")
+    assert "/gh/me/fork/dev?labpath=" in course.binder_url("01_x")
+    badges = course.badges_markdown("01_x")
+    assert course.colab_url("01_x") in badges and course.binder_url("01_x") in badges
+    assert course.pip_spec() == "ptuning_lab[viz] @ git+https://github.com/me/fork@dev"
+    with pytest.raises(ValueError, match="file name"):
+        course.colab_url("")
+
+
+# ------------------------------------------------------------------ the shape of a lesson
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_lesson_opens_with_goals_and_setup_and_closes_with_exercises(path):
+    cells = read(path)["cells"]
+    assert cells[0]["cell_type"] == "markdown" and "**What you will learn**" in source(cells[0])
+    setup = source(cells[1])
+    # installs only on Colab, and installs this repository at the configured branch
+    assert cells[1]["cell_type"] == "code" and 'if "google.colab" in sys.modules:' in setup
+    assert course.pip_spec() in setup
+    load = source(cells[2])
+    assert "SIZE = course.size()" in load and "pl.FrozenLM.load()" in load
+    md = [source(c) for c in cells if c["cell_type"] == "markdown"]
+    assert any(t.startswith("## Exercises") for t in md)
+    solutions = [t for t in md if "<summary><b>Solutions" in t]
+    assert len(solutions) == 1 and solutions[0].startswith("<details>")        # collapsed until clicked
+    assert len(solution_blocks(read(path))) >= 1
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_code_cells_are_short_and_sizes_come_from_course(path):
+    for text in code_cells(read(path)):
+        assert len(text.splitlines()) <= 16, f"a long cell belongs in the library:\n{text[:200]}"
+        # numbers that scale the work are read from SIZE, never written into a cell
+        assert not re.search(r"max_steps\s*=|max_examples\s*=\s*\d", text), text[:200]
+
+
+# ------------------------------------------------------------------ code that can run
+ROOTS = {"pl": pl}
+
+
+def _attribute_chains(tree):
+    """('pl', 'manifold', 'decode_prompt') for every attribute access whose root is a plain name."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and not isinstance(getattr(node, "_parent", None), ast.Attribute):
+            chain = []
+            cur = node
+            while isinstance(cur, ast.Attribute):
+                chain.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name):
+                yield (cur.id, *reversed(chain))
+
+
+def _mark_parents(tree):
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            child._parent = node
+    return tree
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_cells_and_solutions_compile_and_name_real_library_api(path):
+    from ptuning_lab import cli, figures, widgets
+
+    modules = {"pl": pl, "cli": cli, "course": course, "figures": figures, "widgets": widgets}
+    nb = read(path)
+    pieces = code_cells(nb) + solution_blocks(nb)
+    for text in pieces:
+        tree = _mark_parents(ast.parse(text))          # a SyntaxError fails the test with the cell shown
+        for root, *attrs in _attribute_chains(tree):
+            obj = modules.get(root)
+            if obj is None:
+                continue
+            for a in attrs:
+                if not hasattr(obj, a):
+                    if isinstance(obj, type) or callable(obj):   # an instance attribute or a method call result
+                        break
+                    pytest.fail(f"{path.name}: {root}.{'.'.join(attrs)} does not exist ({a!r} missing)")
+                obj = getattr(obj, a)
+
+
+# ------------------------------------------------------------------ sizes
+def test_size_reads_one_environment_variable(monkeypatch):
+    monkeypatch.delenv(course.SIZE_ENV, raising=False)
+    assert course.size() is course.LESSON
+    monkeypatch.setenv(course.SIZE_ENV, " CI ")
+    assert course.size() is course.CI
+    monkeypatch.setenv(course.SIZE_ENV, "")
+    assert course.size() is course.LESSON
+    assert course.size("lesson") is course.LESSON
+    monkeypatch.setenv(course.SIZE_ENV, "huge")
+    with pytest.raises(ValueError, match="PTUNING_LAB_SIZE='huge'.*lesson, ci"):
+        course.size()
+
+
+def test_ci_does_less_work_than_a_lesson_in_every_dimension():
+    lesson, ci = course.LESSON, course.CI
+    for name in ("max_examples", "steps", "compare_steps", "sweep_steps", "seeds", "stats_subset", "map_subset",
+                 "umap_subset", "map_points"):
+        assert getattr(ci, name) < getattr(lesson, name), name
+    assert len(ci.gammas) < len(lesson.gammas) and ci.seeds >= 2      # a std across seeds still exists
+    # the lesson's map and statistics are the ones `ptuning-lab warm-cache` (binder/postBuild) precomputes
+    import inspect
+
+    from ptuning_lab import manifold
+
+    assert lesson.map_subset == inspect.signature(manifold.fit_projection).parameters["subset"].default
+    assert lesson.stats_subset == inspect.signature(manifold.vocab_stats).parameters["subset"].default
+
+
+def test_train_kwargs_are_valid_trainer_settings():
+    for size in course.SIZES.values():
+        for steps in (size.steps, size.compare_steps, size.sweep_steps):
+            config = pl.TrainConfig(**size.train_kwargs(steps))
+            assert config.max_steps == steps and config.eval_every <= steps and config.batch_size == size.batch_size
+            # several snapshots per run, so the map shows a trajectory
+            assert steps // config.snapshot_every >= min(steps, 12)
+
+
+def test_prewarm_fills_the_caches_the_notebooks_read(tmp_path, monkeypatch, tokenizer):
+    from conftest import make_tiny_lm
+
+    monkeypatch.setenv("PTUNING_LAB_CACHE", str(tmp_path))
+    lm = make_tiny_lm("gpt2", tokenizer)
+    info = course.prewarm(lm, size=course.CI, umap=False)
+    cache = tmp_path / "manifold"
+    stamps = {f.name: f.stat().st_mtime_ns for f in cache.iterdir()}
+    assert info["model"] == lm.name and len(stamps) == 2          # the statistics and the PCA map
+    # the calls of the notebooks' set-up cells at that size read those files and rewrite nothing
+    E = lm.embedding.detach()
+    stats = pl.vocab_stats(E, lm.name, subset=course.CI.stats_subset)
+    projection = pl.fit_projection(E, lm.token_strings, lm.name, subset=course.CI.map_subset)
+    assert {f.name: f.stat().st_mtime_ns for f in cache.iterdir()} == stamps
+    assert len(stats.subset_ids) == course.CI.stats_subset and len(projection.token_ids) == course.CI.map_subset
