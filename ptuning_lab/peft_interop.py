@@ -304,22 +304,9 @@ def export_peft(run, out_dir, base_model_name_or_path: str | None = None, *, lm=
     base = base_model_name_or_path if base_model_name_or_path is not None else _default_base(config.get("model"))
     peft_config = _peft_config(kind, method, n, d, enc_cfg, base)
 
-    out = Path(out_dir)
-    _check_out_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        peft_config.save_pretrained(str(tmp))
-        ckpt.write_tensors(tmp / WEIGHTS_FILE, {"prompt_embeddings": prompt}, {"format": "pt"})
-        if encoder_state is not None:
-            ckpt.write_tensors(tmp / ENCODER_FILE, encoder_state, {"format": "pt"})
-        ckpt.write_json(tmp / INFO_FILE, _export_info(run, template, kind, reasons, base, n, d,
-                                                      encoder_state is not None))
-        _install(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    extra = {ENCODER_FILE: encoder_state} if encoder_state is not None else {}
+    return _write_export(out_dir, overwrite, peft_config, prompt, extra,
+                         _export_info(run, template, kind, reasons, base, n, d, encoder_state is not None))
 
 
 def _export_prefix(run, out_dir, base_model_name_or_path, *, lm=None, overwrite=False) -> Path:
@@ -344,6 +331,15 @@ def _export_prefix(run, out_dir, base_model_name_or_path, *, lm=None, overwrite=
     base = base_model_name_or_path if base_model_name_or_path is not None else _default_base(run.config.get("model"))
     peft_config = PrefixTuningConfig(task_type="CAUSAL_LM", inference_mode=True, base_model_name_or_path=base,
                                      **peft_config_kwargs(run.config["encoder"]))
+    info = {"format": EXPORT_FORMAT, "peft_type": "PREFIX_TUNING", "method": "prefix",
+            "template": run.config.get("template"), "model": run.config.get("model"), "base_model": base,
+            "why": "the stored prefix is PEFT's prompt_embeddings layout; PEFT uses it as-is at inference.",
+            "input_text": "the template with [X] filled in; PEFT prepends the key/value prefix at every layer"}
+    return _write_export(out_dir, overwrite, peft_config, prompt, {}, info)
+
+
+def _write_export(out_dir, overwrite: bool, peft_config, prompt, extra_tensors: dict, info: dict) -> Path:
+    """Write an adapter directory in a temporary folder and move it into place (never half written)."""
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -351,11 +347,9 @@ def _export_prefix(run, out_dir, base_model_name_or_path, *, lm=None, overwrite=
     try:
         peft_config.save_pretrained(str(tmp))
         ckpt.write_tensors(tmp / WEIGHTS_FILE, {"prompt_embeddings": prompt}, {"format": "pt"})
-        ckpt.write_json(tmp / INFO_FILE, {
-            "format": EXPORT_FORMAT, "peft_type": "PREFIX_TUNING", "method": "prefix",
-            "template": run.config.get("template"), "model": run.config.get("model"), "base_model": base,
-            "why": "the stored prefix is PEFT's prompt_embeddings layout; PEFT uses it as-is at inference.",
-            "input_text": "the template with [X] filled in; PEFT prepends the key/value prefix at every layer"})
+        for name, tensors in extra_tensors.items():
+            ckpt.write_tensors(tmp / name, tensors, {"format": "pt"})
+        ckpt.write_json(tmp / INFO_FILE, info)
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
