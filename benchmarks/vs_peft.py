@@ -403,7 +403,9 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--extras", action=argparse.BooleanOptionalAction, default=True,
                    help="extra mlp rows: plain path, PEFT's layout, suffix layout, bf16 weights (cpu)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the frozen transformer (both sides)")
+    p.add_argument("--compile", nargs="?", const="default", default=None,
+                   help="torch.compile the frozen transformer (both sides), optionally with a mode, e.g. "
+                        "reduce-overhead (CUDA graphs)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="time to accuracy (default: on with the embedded model)")
     p.add_argument("--tta-budget", type=float, default=150.0, help="seconds each side may train")
@@ -444,8 +446,7 @@ def main(argv=None):
     lm = build_lm(args)
     task = build_task(args, lm)
     if args.compile:
-        inner = lm.model.base_model
-        inner.compile(dynamic=None)
+        lm.model.base_model.compile(mode=None if args.compile == "default" else args.compile)
     n = args.virtual_tokens
     methods = [m for m in args.methods.split(",") if m]
     variants = []

@@ -349,8 +349,8 @@ L02 = Lesson(
       r_rand = pl.Trainer(lm, rand, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
       figures.training_curves({"text init": [result.history], "random init": [r_rand.history]})
       ```
-      Random vectors start far off the manifold; the dev loss at the first evaluation is much higher and
-      the small model often does not recover within a short budget.'''),
+      Compare where the two curves start and where they end: the step-0 scores in section 1 already
+      differ, and the curves show whether the gap closes within this budget.'''),
      ("Raise the learning rate ten times (`lr=3e-2`). How far do the vectors drift now, and does accuracy follow?",
       '''
       ```python
@@ -412,7 +412,7 @@ L03 = Lesson(
             import copy
             for m, enc in encoders.items():
                 e = copy.deepcopy(enc)
-                before = e().detach()
+                before = e().detach().clone()          # direct returns its parameter: copy it
                 e()[0].square().sum().backward()                       # a loss on virtual token 0 only
                 torch.optim.SGD(e.parameters(), lr=1e-3).step()
                 moved = (e().detach() - before).norm(dim=1)
@@ -655,8 +655,9 @@ L05 = Lesson(
         md("""
             ## 1. Nearest tokens, three ways
 
-            The top token of each virtual token by `cosine`, `l2` and `dot`, and how often they agree.
-            Off the manifold they part: `dot` prefers long token vectors, `l2` tokens of a similar length.
+            The top token of each virtual token by `cosine`, `l2` and `dot`, and how often they agree. Off
+            the manifold they can part ways (`dot` favours long token vectors, `l2` tokens of a similar
+            length); the agreement line says whether they do for this prompt.
         """),
         code('''
             table = pl.nearest_tokens(prompt, E, strings, k=5)
@@ -797,7 +798,7 @@ L06 = Lesson(
             manual = {t: pl.evaluate(lm, t, task.test, answers=task.answers) for t in templates}
             pd.DataFrame({t: {"candidate accuracy": r["candidate_accuracy"], "P@1": r["p_at_1"]} for t, r in manual.items()}).T.round(3)
         '''),
-        md("The label words matter too. The same template with other verbalizers:"),
+        md("Do the label words matter? The same template with other verbalizers:"),
         code('''
             verbalizers = [{"positive": "good", "negative": "bad"}, {"positive": "great", "negative": "terrible"},
                            {"positive": "positive", "negative": "negative"}]

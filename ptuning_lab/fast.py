@@ -79,6 +79,7 @@ class FastForward:
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cache_bytes = 0
         self._seq_memo: dict[str, tuple[list[int], list[int]]] = {}
+        self._gold_memo: dict[str, int] = {}
         self._verified = not self.config.verify
         self.fallback_reason: str | None = _unsupported_reason(lm)
         self.stats = {"calls": 0, "cache_hits": 0, "cache_misses": 0, "tokens_total": 0, "tokens_run": 0}
@@ -146,7 +147,7 @@ class FastForward:
         Candidate answers are ranked by ``evaluation.best_candidates`` (the plain path scores
         multi-token answers).
         """
-        from .evaluation import best_candidates, first_token_ids
+        from .evaluation import best_candidates
 
         examples = list(examples)
         if not examples:
@@ -158,7 +159,7 @@ class FastForward:
             for start in range(0, len(examples), size):
                 chunk = examples[start:start + size]
                 inputs = [ex.input for ex in chunk]
-                gold = first_token_ids(self.lm, [ex.target for ex in chunk])
+                gold = self._gold([ex.target for ex in chunk])
                 logits = self.last_logits(inputs, prompt)
                 log_probs = logits.log_softmax(-1)
                 hits += int((logits.argmax(-1) == gold).sum())
@@ -171,6 +172,15 @@ class FastForward:
         if answers is not None:
             out["candidate_accuracy"] = cand_hits / n
         return out
+
+    def _gold(self, targets: list[str]) -> torch.Tensor:
+        """(N,) first-token id of each answer, memoised (``evaluation.first_token_ids``)."""
+        from .evaluation import first_token_ids
+
+        missing = list(dict.fromkeys(t for t in targets if t not in self._gold_memo))
+        if missing:
+            self._gold_memo.update(zip(missing, first_token_ids(self.lm, missing).tolist()))
+        return _to_device(torch.tensor([self._gold_memo[t] for t in targets], dtype=torch.long), self.lm.device)
 
     def clear_cache(self) -> None:
         """Forget every cached prefix (e.g. after changing the model's weights or dtype)."""
@@ -213,12 +223,9 @@ class FastForward:
         rows = _pack(live_lens, max(cfg.pack_tokens - H, 1))
         R = len(rows)
         Q = H + max(sum(live_lens[b] for b in row) for row in rows)
-        tok = torch.full((R, Q), -2, dtype=torch.long)           # -1 virtual, -2 padding
-        slot = torch.zeros((R, Q), dtype=torch.long)
-        seg = torch.full((R, Q), _PAD, dtype=torch.long)         # which example a token belongs to
-        pos = torch.zeros((R, Q), dtype=torch.long)
-        last = torch.zeros(B, dtype=torch.long)
-        row_of = torch.zeros(B, dtype=torch.long)
+        # per token: id (-1 virtual, -2 padding), prompt row, example (segment), position
+        f_tok, f_slot, f_seg, f_pos = [], [], [], []
+        last = [0] * B
         head_slots = slot_list[0][f0:common] if H else []
         for r, row in enumerate(rows):
             t_ids, t_slot, t_seg, t_pos = list(head), list(head_slots), [_SHARED] * H, list(range(f0, f0 + H))
@@ -228,12 +235,18 @@ class FastForward:
                 t_slot += slot_list[b][s:]
                 t_seg += [b] * (lengths[b] - s)
                 t_pos += range(s, lengths[b])
-                last[b], row_of[b] = len(t_ids) - 1, r
-            n = len(t_ids)
-            tok[r, :n], slot[r, :n] = torch.tensor(t_ids), torch.tensor(t_slot)
-            seg[r, :n], pos[r, :n] = torch.tensor(t_seg), torch.tensor(t_pos)
+                last[b] = r * Q + len(t_ids) - 1
+            pad = Q - len(t_ids)
+            f_tok += t_ids + [-2] * pad
+            f_slot += t_slot + [0] * pad
+            f_seg += t_seg + [_PAD] * pad
+            f_pos += t_pos + [0] * pad
+        has_virtual = -1 in f_tok
         self.stats["tokens_run"] += sum(live_lens) + R * H
-        tok, slot, seg, pos = tok.to(dev), slot.to(dev), seg.to(dev), pos.to(dev)
+        # one host-to-device copy (pinned, asynchronous on a GPU): no stall of the queue behind it
+        flat = _to_device(torch.tensor(f_tok + f_slot + f_seg + f_pos + last, dtype=torch.long), dev)
+        tok, slot, seg, pos = flat[:4 * R * Q].view(4, R, Q).unbind(0)
+        last_t = flat[4 * R * Q:]
 
         # keys/values already known: the constant prefixes, from the cache
         if H and f0 > 0:
@@ -245,19 +258,19 @@ class FastForward:
         else:
             kv, kseg = None, torch.zeros((R, 0), dtype=torch.long, device=dev)
 
-        embeds = self._embed(tok, slot, prompt)
+        embeds = self._embed(tok, slot, prompt, has_virtual)
         mask = _block_mask(seg, kseg, self._mask_dtype(embeds))
         cache = _make_cache(kv) if kv is not None else None
         kwargs = {lm._cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
         out = lm.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, **kwargs)
-        return out.last_hidden_state[row_of.to(dev), last.to(dev)]                  # (B, d)
+        return out.last_hidden_state.reshape(R * Q, -1)[last_t]                    # (B, d)
 
-    def _embed(self, tok: torch.Tensor, slot: torch.Tensor, prompt) -> torch.Tensor:
+    def _embed(self, tok: torch.Tensor, slot: torch.Tensor, prompt, has_virtual: bool) -> torch.Tensor:
         """Token embeddings (R, Q, d); -1 -> prompt row ``slot``, -2 (padding) -> the pad token."""
         lm = self.lm
         embeds = lm.model.get_input_embeddings()(torch.where(tok < 0, torch.full_like(tok, lm.pad_id), tok))
         is_virtual = tok == -1
-        if prompt is not None and bool(is_virtual.any()):
+        if prompt is not None and has_virtual:
             placed = prompt.to(embeds.dtype)[slot]                                   # (R, Q, d)
             embeds = torch.where(is_virtual.unsqueeze(-1), placed, embeds)
         return embeds
@@ -333,10 +346,8 @@ class FastForward:
         ref = next(t for t in per_row if t is not None)
         kv = torch.stack([F.pad(t, (0, 0, 0, K - t.shape[3])) if t is not None
                           else ref.new_zeros(*ref.shape[:3], K, ref.shape[4]) for t in per_row], dim=2)
-        kseg = torch.full((len(rows), K), _PAD, dtype=torch.long)
-        for r, sg in enumerate(segs):
-            kseg[r, :len(sg)] = torch.tensor(sg, dtype=torch.long)
-        return kv, kseg.to(dev)
+        kseg = torch.tensor([sg + [_PAD] * (K - len(sg)) for sg in segs], dtype=torch.long)
+        return kv, _to_device(kseg, dev)
 
     # ---------------------------------------------------------------- safety
     def _verify(self, inputs, prompt) -> None:
@@ -422,6 +433,13 @@ def _make_cache(kv):
     for i in range(kv.shape[0]):
         cache.update(kv[i, 0], kv[i, 1], i)
     return cache
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor -> device; on CUDA through pinned memory, without blocking the host."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 _SHARED, _PAD = -1, -2          # segment ids: seen by every example / padding
