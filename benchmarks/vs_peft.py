@@ -8,7 +8,8 @@ What is compared (PEFT is a benchmark dependency only):
 - PEFT ``PromptEncoderConfig`` MLP and LSTM and ``PromptTuningConfig``, wrapped the default way
   (``PeftModelForCausalLM``), trained the default way: the template's tokens plus the answer's first
   token, ``labels`` -100 everywhere except that token, so the model computes logits at every
-  position and its own loss. Inputs are tokenized once before timing and padded per step (what a
+  position and its own loss. The frozen model runs in eval mode on both sides (no dropout; PEFT's
+  default, the whole model in train mode, would add dropout work to its side). Inputs are tokenized once before timing and padded per step (what a
   ``datasets.map`` + collator pipeline does). Evaluation: one forward without gradients, the logits
   at each example's last position. PEFT can only prepend, so its template is ``[P]*6 <manual>``.
 - ptuning_lab ``mlp``/``lstm``/``direct`` with PEFT-shaped encoders (``MLPConfig(num_layers=3,
@@ -223,7 +224,8 @@ class Peft:
         return ids.to(dev, non_blocking=True), att.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
 
     def train_step(self, step):
-        self.model.train()
+        self.model.train()          # the prompt encoder trains ...
+        self.lm.model.eval()        # ... the frozen model runs without dropout, as ours does (less work than PEFT's default)
         ids, att, labels = self.collate(self.batches(step), with_answer=True)
         with autocast(self.args):
             loss = self.model(input_ids=ids, attention_mask=att, labels=labels).loss
@@ -359,10 +361,22 @@ def tta_worker(args) -> dict:
                 if dev["p_at_1"] >= target:
                     reached = {"seconds": time.perf_counter() - start, "step": n_steps, "dev_p_at_1": dev["p_at_1"]}
                     break
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     return {"side": args.tta_worker, "manual_p_at_1": manual, "target": target, "reached": reached,
             "steps": n_steps, "seconds": time.perf_counter() - start, "last_dev_p_at_1": last["dev_p_at_1"],
             "peak_rss_mb": rss_mb}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. ``ru_maxrss`` would count the parent's peak (Linux keeps it
+    across fork + exec); ``VmHWM`` belongs to this process's own address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
 
 
 def num_virtual(template: str) -> int:

@@ -241,12 +241,15 @@ class FastForward:
             f_slot += t_slot + [0] * pad
             f_seg += t_seg + [_PAD] * pad
             f_pos += t_pos + [0] * pad
-        has_virtual = -1 in f_tok
+        # the virtual positions (flat index into R*Q) and the prompt row each one takes
+        v_at = [i for i, t in enumerate(f_tok) if t == -1]
+        v_slot = [f_slot[i] for i in v_at]
+        ids = [t if t >= 0 else lm.pad_id for t in f_tok]
         self.stats["tokens_run"] += sum(live_lens) + R * H
         # one host-to-device copy (pinned, asynchronous on a GPU): no stall of the queue behind it
-        flat = _to_device(torch.tensor(f_tok + f_slot + f_seg + f_pos + last, dtype=torch.long), dev)
-        tok, slot, seg, pos = flat[:4 * R * Q].view(4, R, Q).unbind(0)
-        last_t = flat[4 * R * Q:]
+        flat = _to_device(torch.tensor(ids + f_seg + f_pos + last + v_at + v_slot, dtype=torch.long), dev)
+        tok, seg, pos = flat[:3 * R * Q].view(3, R, Q).unbind(0)
+        last_t, v_at_t, v_slot_t = flat[3 * R * Q:].split([B, len(v_at), len(v_slot)])
 
         # keys/values already known: the constant prefixes, from the cache
         if H and f0 > 0:
@@ -258,22 +261,24 @@ class FastForward:
         else:
             kv, kseg = None, torch.zeros((R, 0), dtype=torch.long, device=dev)
 
-        embeds = self._embed(tok, slot, prompt, has_virtual)
+        embeds = self._embed(tok, v_at_t, v_slot_t, prompt)
         mask = _block_mask(seg, kseg, self._mask_dtype(embeds))
         cache = _make_cache(kv) if kv is not None else None
         kwargs = {lm._cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
-        out = lm.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, **kwargs)
+        out = lm.transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, **kwargs)
         return out.last_hidden_state.reshape(R * Q, -1)[last_t]                    # (B, d)
 
-    def _embed(self, tok: torch.Tensor, slot: torch.Tensor, prompt, has_virtual: bool) -> torch.Tensor:
-        """Token embeddings (R, Q, d); -1 -> prompt row ``slot``, -2 (padding) -> the pad token."""
-        lm = self.lm
-        embeds = lm.model.get_input_embeddings()(torch.where(tok < 0, torch.full_like(tok, lm.pad_id), tok))
-        is_virtual = tok == -1
-        if prompt is not None and has_virtual:
-            placed = prompt.to(embeds.dtype)[slot]                                   # (R, Q, d)
-            embeds = torch.where(is_virtual.unsqueeze(-1), placed, embeds)
-        return embeds
+    def _embed(self, tok: torch.Tensor, v_at: torch.Tensor, v_slot: torch.Tensor, prompt) -> torch.Tensor:
+        """Token embeddings (R, Q, d), with prompt row ``v_slot[i]`` at flat position ``v_at[i]``.
+
+        Only the virtual positions touch the prompt, so its gradient is a gather of a few rows, not
+        a scatter from every position of the batch.
+        """
+        embeds = self.lm.model.get_input_embeddings()(tok)
+        if prompt is None or not len(v_at):
+            return embeds
+        R, Q, d = embeds.shape
+        return embeds.reshape(R * Q, d).index_copy(0, v_at, prompt.to(embeds.dtype)[v_slot]).view(R, Q, d)
 
     def _mask_dtype(self, embeds: torch.Tensor):
         """Boolean masks for SDPA; an additive float mask for the eager attention."""
@@ -326,7 +331,7 @@ class FastForward:
             ids, mask = ids.to(dev), mask.to(dev)
             pos = torch.arange(L, device=dev).unsqueeze(0).expand(len(prefixes), L)
             embeds = lm.model.get_input_embeddings()(ids)
-            out = lm.model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True)
+            out = lm.transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True)
             kv = _cache_tensors(_out_cache(out, lm))
             stacked = torch.stack([torch.stack([k, v]) for k, v in kv])   # (layers, 2, B, heads, L, hd)
             self.stats["tokens_run"] += int(mask.sum())

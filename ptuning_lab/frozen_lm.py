@@ -91,6 +91,17 @@ class FrozenLM:
         return self.embedding.device
 
     @property
+    def transformer(self):
+        """The model's transformer body (no LM head), put back in eval mode if something set it training.
+
+        The frozen model never uses dropout: a PEFT wrapper or a ``model.train()`` elsewhere would
+        otherwise make every forward random (and the fast path's self-check fail).
+        """
+        if self.model.training:
+            self.model.eval()
+        return self.model.base_model
+
+    @property
     def embedding(self) -> torch.Tensor:
         """The input embedding matrix, (vocab, d), frozen."""
         return self.model.get_input_embeddings().weight
@@ -210,7 +221,7 @@ class FrozenLM:
         embeds = self.embed(batch, prompt)
         T = embeds.shape[1]
         position_ids = torch.arange(T, device=embeds.device).unsqueeze(0).expand(embeds.shape[0], T)
-        out = self.model.base_model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+        out = self.transformer(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                     position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
@@ -273,6 +284,8 @@ class FrozenLM:
         which starts the cache.
         """
         batch = self.encode(template, [input_text])
+        if self.model.training:                 # the frozen model never uses dropout
+            self.model.eval()
         # a K/V prefix (prefix tuning) starts every cache and shifts the positions by its length
         prefix = prompt if hasattr(prompt, "cache") else None
         if prefix is not None:

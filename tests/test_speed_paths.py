@@ -275,3 +275,25 @@ def _toy_task():
     answers = ["north", "south", "east", "west"]
     exs = [Example(f"{w} {i}", answers[i % 4]) for i, w in enumerate(words * 2)]
     return Task("toy", "Direction of [X] is", exs[:12], exs[12:18], exs[18:], sorted(answers))
+
+
+def test_frozen_model_never_runs_dropout(tokenizer):
+    """A PEFT wrapper or ``model.train()`` elsewhere must not switch dropout on in the frozen model."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ptuning_lab.frozen_lm import FrozenLM
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(tokenizer), n_positions=64,
+                     resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5)
+    lm = FrozenLM(GPT2LMHeadModel(cfg), tokenizer, "tiny-dropout")
+    template = TEMPLATES[0]
+    prompt = _prompt(lm, template).float().detach()
+    ref = _plain(lm, template, INPUTS, prompt)
+    fast = FastForward(lm, template)
+    lm.model.train()
+    assert torch.equal(_plain(lm, template, INPUTS, prompt), ref)
+    assert not lm.model.training
+    lm.model.train()
+    _close(fast.last_logits(INPUTS, prompt), ref, tol=1e-5)
+    assert fast.active and not lm.model.training
