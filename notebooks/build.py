@@ -604,6 +604,41 @@ L04 = Lesson(
                   + ", ".join(f"{m} {sd[m]:.3f}" for m in METHODS) + ").")
         '''),
         md("""
+            ## 4. A fourth arm: prefix tuning
+
+            Prefix tuning (Li & Liang, 2021) does not put vectors in the input at all: it trains keys and
+            values that every layer's attention sees before the text. It is "more invasive" -- it reaches
+            every layer -- and has more trainable numbers. Same budget, seeds and starting words (the
+            template's words, now without `[P]`: the prefix comes before everything):
+        """),
+        code('''
+            manual = pl.Template.parse(template).manual_text()        # "The capital of [X] is"
+            for seed in range(SIZE.seeds):
+                enc = pl.build_encoder("prefix", 6, E, init=cli.default_init(manual), tokenize=lm.tokenize, seed=seed, lm=lm)
+                config = pl.TrainConfig(seed=seed, **SIZE.train_kwargs(SIZE.compare_steps))
+                results["prefix", seed] = r = pl.Trainer(lm, enc, task, manual, config, progress=False).fit()
+                test = pl.evaluate(lm, manual, task.test, r.prompt.to(lm.device))["p_at_1"]
+                rows.append({"encoder": "prefix", "seed": seed, "test_p_at_1": test})
+                print(f"prefix seed {seed}: test P@1 {test:.3f}  ({r.seconds:.0f} s)")
+        '''),
+        code('''
+            params = {m: pl.build_encoder(m, 6, E, lm=lm if m == "prefix" else None).num_trainable_parameters()
+                      for m in METHODS + ["prefix"]}
+            table = pd.DataFrame(rows).groupby("encoder", sort=False)["test_p_at_1"].agg(["mean", "std"]).fillna(0.0)
+            table["trainable parameters"] = pd.Series(params)
+            table.round(3)
+        '''),
+        md("""
+            The manifold views of section 2 do not apply to a prefix: its vectors are keys and values inside
+            the layers, not points in the input embedding space, so there is nothing to decode into tokens.
+            What can be shown is how large the trained prefix is at each layer:
+        """),
+        code('''
+            import plotly.express as px
+            norms = pl.prefix_norms(results["prefix", 0])                    # (num_layers,)
+            px.bar(x=list(range(len(norms))), y=norms.tolist(), labels={"x": "layer", "y": "RMS norm of the prefix keys/values"})
+        '''),
+        md("""
             Before drawing a conclusion, remember what this run is: one small model, one relation, a short
             budget and the same learning rate for every method. The exercises change each of these.
         """),
