@@ -1,7 +1,7 @@
-"""The science bar: manual prompt vs P-tuning (mlp, lstm, direct; optionally prefix) on the four relations.
+"""The science bar: manual prompt vs P-tuning (mlp, lstm, direct) and prefix tuning on the four relations.
 
 Usage:
-    python benchmarks/probe_suite.py                       # full suite: 4 relations x 3 methods x 3 seeds
+    python benchmarks/probe_suite.py                       # full suite: 4 relations x 4 methods x 3 seeds
     python benchmarks/probe_suite.py --tasks capital --seeds 1 --max-steps 20   # a quick look
 
 Writes the per-run directories and summary.json under --out, and a markdown table to --table
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--device", default=None)
     p.add_argument("--tasks", default=",".join(RELATIONS))
-    p.add_argument("--methods", default="mlp,lstm,direct")
+    p.add_argument("--methods", default="mlp,lstm,direct,prefix")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--max-steps", type=int, default=60)
     p.add_argument("--eval-every", type=int, default=10)

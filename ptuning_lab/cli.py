@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "template> [P]*3').")
         sp.add_argument("--init", default="auto", help="auto (the template's own words), random, vocab, or "
                         "text:\"some words\".")
-        sp.add_argument("--lr", type=float, default=None)
+        sp.add_argument("--lr", type=float, default=None, help="Peak learning rate (default: 1e-3 for lstm, 3e-3 for the others).")
         sp.add_argument("--batch-size", type=int, default=None)
         sp.add_argument("--epochs", type=int, default=None)
         sp.add_argument("--max-steps", type=int, default=None)

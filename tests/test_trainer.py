@@ -261,3 +261,14 @@ def test_direct_snapshots_are_copies_not_the_live_weight(gpt2):
     result = make_trainer(gpt2, method="direct", num_epochs=2).fit()
     assert not torch.equal(result.snapshots[0], result.snapshots[-1])
     assert result.snapshots[0].data_ptr() != result.encoder.embedding.weight.data_ptr()
+
+
+def test_learning_rate_defaults_per_encoder(gpt2):
+    """lr=None takes the method's default (the LSTM encoder is unstable at 3e-3); a given lr is kept."""
+    from ptuning_lab.trainer import default_lr
+
+    for method, expected in [("lstm", 1e-3), ("mlp", 3e-3), ("direct", 3e-3)]:
+        trainer = make_trainer(gpt2, method=method, lr=None)
+        assert trainer.config.lr == expected == default_lr(method)
+        assert trainer.optimizer.param_groups[0]["initial_lr"] == expected
+    assert make_trainer(gpt2, method="lstm", lr=5e-4).config.lr == 5e-4
