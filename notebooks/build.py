@@ -811,7 +811,8 @@ L06 = Lesson(
         md("""
             ## 1. A classification task
 
-            `polarity` holds strongly positive and negative English words from the VADER lexicon. The
+            `polarity` holds strongly positive and negative English words from the VADER lexicon (without
+            the slurs and obscenities a sentiment lexicon also lists). The
             verbalizer turns each label into the word the model should say next: positive → " good",
             negative → " bad".
         """),

@@ -273,20 +273,27 @@ def _first_currency(codes) -> str | None:
 # ---------------------------------------------------------------------------------------- polarity
 def polarity_task(seed: int = 0, template: str | None = None, split: Sequence[float] = DEFAULT_SPLIT,
                   max_examples: int | None = None, verbalizer: dict | None = None,
-                  threshold: float = 2.0) -> Task:
+                  threshold: float = 2.0, offensive: bool = False) -> Task:
     """Word polarity from the VADER lexicon: strongly positive vs strongly negative words.
 
     Keeps dictionary words with mean valence >= ``threshold`` (positive) or <= ``-threshold``
     (negative), then the same number of each class: the most extreme words of the larger class.
+    The most negative words of a sentiment lexicon include slurs and obscenities; a course shows
+    its examples on screen, so words on the ``better-profanity`` word list are left out before the
+    classes are balanced (52 words of the unfiltered 1734-word set, 51 of them negative; the other
+    words of the pool take their places). ``offensive=True`` keeps them.
     The template ``The word "[X]" means something`` ends where " good"/" bad" is the natural next
     word. Zero-shot, the embedded SmolLM2-135M scores " good" above " bad" for the right class on
-    93% of the 1734 words (50% is chance); of ten templates tried, 'The word "[X]" sounds' came
+    93% of the 1732 words (50% is chance); of ten templates tried, 'The word "[X]" sounds' came
     next (87%), while '"[X]" is a' or '[X] is' answer " good" for nearly every word (50-55%).
     """
     if not isinstance(threshold, (int, float)) or not 0 < threshold <= 4:
         raise TaskError(f"threshold={threshold!r}: VADER valences lie in [-4, 4]; use a number in (0, 4], "
                         "e.g. 2.0.")
     words = _vader_words()
+    if not offensive:
+        blocked = _offensive_words()
+        words = tuple((w, v) for w, v in words if w not in blocked)
     pos = [(w, v) for w, v in words if v >= threshold]
     neg = [(w, v) for w, v in words if v <= -threshold]
     n = min(len(pos), len(neg))
@@ -303,6 +310,23 @@ def polarity_task(seed: int = 0, template: str | None = None, split: Sequence[fl
     examples.sort(key=lambda e: e.input)
     return _make_task("polarity", template or POLARITY_TEMPLATE, examples, "classification", verb,
                       seed, split, max_examples)
+
+
+@lru_cache(maxsize=1)
+def _offensive_words() -> frozenset[str]:
+    """The lower-cased entries of ``better-profanity``'s word list (read as data; its filter is not used)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("better_profanity")
+    if spec is None or not spec.submodule_search_locations:
+        raise TaskError("the polarity task filters offensive words with the package better-profanity; install "
+                        "it with pip install better-profanity (or pass offensive=True to keep every word).")
+    path = Path(next(iter(spec.submodule_search_locations))) / "profanity_wordlist.txt"
+    try:
+        return frozenset(line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except OSError as e:
+        raise TaskError(f"cannot read better-profanity's word list {path}: {e}. Reinstall: pip install "
+                        "--force-reinstall better-profanity") from e
 
 
 @lru_cache(maxsize=1)

@@ -145,6 +145,20 @@ def test_polarity_is_balanced_with_default_verbalizer():
     check_split_invariants(task)
 
 
+def test_polarity_leaves_out_offensive_words_unless_asked():
+    from ptuning_lab.tasks import _offensive_words
+
+    blocked = _offensive_words()
+    assert len(blocked) > 500 and all(w == w.strip().lower() for w in blocked)
+    clean = {ex.input for ex in polarity_task().examples}
+    everything = {ex.input for ex in polarity_task(offensive=True).examples}
+    assert clean.isdisjoint(blocked)
+    left_out = everything & blocked
+    assert len(left_out) >= 40                      # the lexicon's most negative words include many
+    assert everything - clean == left_out           # nothing else is dropped ...
+    assert len(clean) >= len(everything) - 2        # ... and the pool refills the classes
+
+
 def test_polarity_custom_verbalizer_threshold_and_cap():
     task = load_task("polarity", verbalizer={"positive": " great", "negative": "terrible"}, max_examples=101)
     assert task.verbalizer == {"positive": "great", "negative": "terrible"}
