@@ -154,18 +154,23 @@ def _check_method(method) -> str:
     return method
 
 
+def config_from_dict(cls, method: str, config: dict):
+    """``cls(**config)``, with an error naming the valid fields when ``config`` has others."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - names)
+    if unknown:
+        raise EncoderError(f"{cls.__name__} has no field(s) {unknown}; valid fields for method "
+                           f"{method!r}: {sorted(names) or 'none'}.")
+    return cls(**config)
+
+
 def _make_config(method: str, config):
     """``None`` -> defaults; a dict -> that method's dataclass; a dataclass must be the method's own."""
     cls = CONFIGS[method]
     if config is None:
         return cls()
     if isinstance(config, dict):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - names)
-        if unknown:
-            raise EncoderError(f"{cls.__name__} has no field(s) {unknown}; valid fields for method "
-                               f"{method!r}: {sorted(names) or 'none'}.")
-        return cls(**config)
+        return config_from_dict(cls, method, config)
     if isinstance(config, tuple(CONFIGS.values())) and not isinstance(config, cls):
         right = next(m for m, c in CONFIGS.items() if isinstance(config, c))
         raise EncoderError(f"config is a {type(config).__name__} (for method {right!r}) but method is "

@@ -9,7 +9,7 @@ model is confident.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,19 +77,28 @@ def evaluate(lm: FrozenLM, template, examples, prompt: torch.Tensor | None = Non
     ``p_at_1``: the argmax over the whole vocabulary equals the answer's first token.
     ``loss``: mean cross-entropy of that first token (the training objective).
     """
+    prompt = prompt.detach() if isinstance(prompt, torch.Tensor) else prompt
+    return score(lm, template, examples, prompt, answers, batch_size,
+                 logits_fn=lambda inputs: lm.last_logits(lm.encode(template, inputs), prompt),
+                 gold_fn=lambda targets: first_token_ids(lm, targets))
+
+
+@torch.no_grad()
+def score(lm: FrozenLM, template, examples, prompt, answers: Sequence[str] | None, batch_size: int,
+          logits_fn: Callable[[list[str]], torch.Tensor], gold_fn: Callable[[list[str]], torch.Tensor]) -> dict:
+    """The metrics of :func:`evaluate`, with the next-token logits ``(B, vocab)`` of a list of inputs
+    from ``logits_fn`` and the answers' first-token ids ``(B,)`` from ``gold_fn`` (the fast path
+    brings its own of both)."""
     examples = list(examples)
     if not examples:
         raise ValueError("no examples to evaluate: the split is empty. Use a larger task or other split fractions.")
-    was_training = prompt.requires_grad if prompt is not None else False
-    prompt = prompt.detach() if was_training else prompt
     hits, loss_sum, cand_hits = 0, 0.0, 0
     answers = list(answers) if answers is not None else None
     for chunk in _batches(examples, batch_size):
         inputs = [ex.input for ex in chunk]
-        gold = first_token_ids(lm, [ex.target for ex in chunk])
-        logits = lm.last_logits(lm.encode(template, inputs), prompt)
-        log_probs = logits.log_softmax(-1)
-        hits += int((logits.argmax(-1) == gold).sum())
+        gold = gold_fn([ex.target for ex in chunk])
+        log_probs = logits_fn(inputs).log_softmax(-1)
+        hits += int((log_probs.argmax(-1) == gold).sum())
         loss_sum += float(F.nll_loss(log_probs, gold, reduction="sum"))
         if answers is not None:
             picked = best_candidates(lm, template, inputs, answers, prompt, log_probs)

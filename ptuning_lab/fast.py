@@ -147,31 +147,11 @@ class FastForward:
         Candidate answers are ranked by ``evaluation.best_candidates`` (the plain path scores
         multi-token answers).
         """
-        from .evaluation import best_candidates
+        from .evaluation import score
 
-        examples = list(examples)
-        if not examples:
-            raise ValueError("no examples to evaluate: the split is empty. Use a larger task or other split fractions.")
-        prompt = prompt.detach() if prompt is not None and not hasattr(prompt, "hidden") else prompt
-        hits, loss_sum, cand_hits = 0, 0.0, 0
-        size = self.config.eval_batch_size
-        with torch.no_grad():
-            for start in range(0, len(examples), size):
-                chunk = examples[start:start + size]
-                inputs = [ex.input for ex in chunk]
-                gold = self._gold([ex.target for ex in chunk])
-                logits = self.last_logits(inputs, prompt)
-                log_probs = logits.log_softmax(-1)
-                hits += int((logits.argmax(-1) == gold).sum())
-                loss_sum += float(F.nll_loss(log_probs, gold, reduction="sum"))
-                if answers is not None:
-                    picked = best_candidates(self.lm, self.template, inputs, list(answers), prompt, log_probs)
-                    cand_hits += sum(answers[p] == ex.target for p, ex in zip(picked, chunk))
-        n = len(examples)
-        out = {"n": n, "p_at_1": hits / n, "loss": loss_sum / n}
-        if answers is not None:
-            out["candidate_accuracy"] = cand_hits / n
-        return out
+        prompt = prompt.detach() if isinstance(prompt, torch.Tensor) else prompt
+        return score(self.lm, self.template, examples, prompt, answers, self.config.eval_batch_size,
+                     logits_fn=lambda inputs: self.last_logits(inputs, prompt), gold_fn=self._gold)
 
     def _gold(self, targets: list[str]) -> torch.Tensor:
         """(N,) first-token id of each answer, memoised (``evaluation.first_token_ids``)."""

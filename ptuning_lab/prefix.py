@@ -65,7 +65,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .encoders import EncoderError, Tokenize, _check_positive_int, _linear, initial_prompt, parse_init
+from .encoders import (EncoderError, Tokenize, _check_positive_int, _linear, config_from_dict, initial_prompt,
+                       parse_init)
 
 METHOD = "prefix"
 
@@ -113,12 +114,7 @@ def _make_config(config) -> PrefixConfig:
     if config is None:
         return PrefixConfig()
     if isinstance(config, dict):
-        names = {f.name for f in dataclasses.fields(PrefixConfig)}
-        unknown = sorted(set(config) - names)
-        if unknown:
-            raise EncoderError(f"PrefixConfig has no field(s) {unknown}; valid fields for method 'prefix': "
-                               f"{sorted(names)}.")
-        return PrefixConfig(**config)
+        return config_from_dict(PrefixConfig, "prefix", config)
     if not isinstance(config, PrefixConfig):
         raise EncoderError(f"config for method 'prefix' must be None, a dict or a PrefixConfig, not "
                            f"{type(config).__name__}.")
