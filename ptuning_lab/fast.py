@@ -34,7 +34,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .frozen_lm import FrozenLM, _at_least_float32
+from .frozen_lm import FrozenLM, _at_least_float32, right_pad
 from .templates import Template
 
 
@@ -302,13 +302,8 @@ class FastForward:
         lm, dev = self.lm, self.lm.device
         # inference tensors cannot take part in a later backward: build the cache as ordinary tensors
         with torch.inference_mode(False):
-            L = max(len(p) for p in prefixes)
-            ids = torch.full((len(prefixes), L), lm.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(prefixes), L), dtype=torch.long)
-            for b, p in enumerate(prefixes):
-                ids[b, :len(p)] = torch.tensor(p, dtype=torch.long)
-                mask[b, :len(p)] = 1
-            ids, mask = ids.to(dev), mask.to(dev)
+            ids, mask = right_pad(prefixes, lm.pad_id)
+            ids, mask, L = ids.to(dev), mask.to(dev), ids.shape[1]
             pos = torch.arange(L, device=dev).unsqueeze(0).expand(len(prefixes), L)
             embeds = lm.model.get_input_embeddings()(ids)
             out = lm.transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True)

@@ -325,6 +325,17 @@ class FrozenLM:
         return self.tokenizer.decode(new_ids)
 
 
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> ``input_ids (B, T)`` padded with ``pad_id`` on the right and ``attention_mask (B, T)``."""
+    T = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        input_ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[b, :len(s)] = 1
+    return input_ids, mask
+
+
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """Half-precision logits go up to float32 for a stable softmax; float64 stays float64 (gradcheck)."""
     return x if x.dtype == torch.float64 else x.float()

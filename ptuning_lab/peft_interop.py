@@ -64,6 +64,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from .frozen_lm import right_pad
 from .encoders import METHODS
 from .templates import Template, TemplateError
 
@@ -148,12 +149,7 @@ def peft_batch(lm, template, inputs) -> dict[str, torch.Tensor]:
         raise PeftExportError(_bos_message(lm))
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     seqs = [[i for i in ids if i >= 0] for ids, _ in lm.sequences(t, inputs)]
-    T = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), T), lm.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        input_ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[b, :len(s)] = 1
+    input_ids, mask = right_pad(seqs, lm.pad_id)
     logit_index = t.num_virtual_tokens + mask.sum(1) - 1
     return {"input_ids": input_ids.to(lm.device), "attention_mask": mask.to(lm.device),
             "logit_index": logit_index.to(lm.device)}
