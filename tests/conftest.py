@@ -55,3 +55,25 @@ def make_tiny_lm(kind: str, tokenizer, dtype=torch.float32, seed: int = 0):
 @pytest.fixture(params=["gpt2", "llama"])
 def tiny_lm(request, tokenizer):
     return make_tiny_lm(request.param, tokenizer)
+
+
+# ---- a toy vocabulary (V random token vectors of width D, some long, some short) for the figure and widget tests
+TOY_V, TOY_D = 300, 16
+
+
+@pytest.fixture(scope="module")
+def emb():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(TOY_V, TOY_D, generator=g) * torch.rand(TOY_V, 1, generator=g).add(0.3)
+
+
+@pytest.fixture(scope="module")
+def strings():
+    return [(" w" if i % 2 else "tok") + str(i) for i in range(TOY_V)]
+
+
+@pytest.fixture(scope="module")
+def projection(emb, strings):
+    from ptuning_lab import manifold
+
+    return manifold.fit_projection(emb, strings, model_id="toy", subset=None, cache=False)

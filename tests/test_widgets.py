@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TOY_D as D
+from conftest import TOY_V as V
 from conftest import make_tiny_lm
 from ptuning_lab import manifold as M
 from ptuning_lab import widgets as W
@@ -14,23 +16,7 @@ from ptuning_lab.encoders import build_encoder
 from ptuning_lab.tasks import Example, Task
 from ptuning_lab.trainer import Callback, TrainConfig, Trainer
 
-V, D, N = 300, 16, 3
-
-
-@pytest.fixture(scope="module")
-def emb():
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(V, D, generator=g) * torch.rand(V, 1, generator=g).add(0.3)
-
-
-@pytest.fixture(scope="module")
-def strings():
-    return [(" w" if i % 2 else "tok") + str(i) for i in range(V)]
-
-
-@pytest.fixture(scope="module")
-def projection(emb, strings):
-    return M.fit_projection(emb, strings, model_id="toy", subset=None, cache=False)
+N = 3
 
 
 @pytest.fixture(scope="module")
