@@ -4,7 +4,6 @@ Each optimisation is checked against the reference ``lm.last_logits(lm.encode(..
 on tiny random GPT-2 and Llama models: the constant-prefix cache, the shared head, packing several
 examples into one row, and the trainer and evaluation wired to them.
 """
-import warnings
 
 import pytest
 import torch
