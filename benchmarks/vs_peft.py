@@ -93,9 +93,13 @@ def build_lm(args) -> FrozenLM:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024)
+    if args.model == "gpt2-tiny":          # for the smoke test: seconds on a CPU
+        cfg = GPT2Config(n_layer=2, n_head=2, n_embd=64, vocab_size=1000, n_positions=128)
+    else:
+        cfg = GPT2Config(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024)
     model = GPT2LMHeadModel(cfg).to(device=args.device, dtype=dtype)
-    return FrozenLM(model, synthetic_tokenizer(cfg.vocab_size), "gpt2-small-shape (random)")
+    name = "gpt2-tiny (random)" if args.model == "gpt2-tiny" else "gpt2-small-shape (random)"
+    return FrozenLM(model, synthetic_tokenizer(cfg.vocab_size), name)
 
 
 def build_task(args, lm):
@@ -401,8 +405,8 @@ def time_to_accuracy(args, side: str, extra=()) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--model", default=None, choices=["embedded", "gpt2-random"],
-                   help="default: embedded on cpu, gpt2-random (GPT-2-small shape) on cuda")
+    p.add_argument("--model", default=None, choices=["embedded", "gpt2-random", "gpt2-tiny"],
+                   help="default: embedded on cpu, gpt2-random (GPT-2-small shape) on cuda; gpt2-tiny: a smoke test")
     p.add_argument("--data", default=None, choices=["capital", "synthetic"],
                    help="default: capital with the embedded model, synthetic (exact --seq-len) otherwise")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="frozen weights, both sides")
