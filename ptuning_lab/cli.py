@@ -162,10 +162,13 @@ def _train_kwargs(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    from .encoders import check_method
+
+    check_method(args.encoder, allow_prefix=True)      # typos fail at once, before the model loads
+    task = load_task_arg(args)
     out = Path(args.out)
     prepare_out_dir(out, args.overwrite, resume=args.resume)
     lm = load_lm(args)
-    task = load_task_arg(args)
     metrics = train_one(lm, task, encoder_name=args.encoder, template=args.template, init=args.init,
                         seed=args.seed, train_kwargs=_train_kwargs(args), out=out, resume=args.resume)
     metrics.pop("_result")
@@ -213,13 +216,15 @@ def _plain_report(summary, model_name) -> str:
 
 
 def cmd_compare(args) -> int:
+    from .encoders import check_method
+    from .tasks import load_task
+
+    # every name is checked before anything trains: a typo in the last encoder must not cost the first runs
+    encoders = [check_method(e.strip(), allow_prefix=True) for e in args.encoders.split(",") if e.strip()]
+    tasks = [load_task(t, seed=args.data_seed, max_examples=args.max_examples) for t in args.task.split(",")]
     out = Path(args.out)
     prepare_out_dir(out, args.overwrite)
     lm = load_lm(args)
-    from .tasks import load_task
-
-    tasks = [load_task(t, seed=args.data_seed, max_examples=args.max_examples) for t in args.task.split(",")]
-    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
     start = time.perf_counter()
     res = run_compare(lm, tasks, encoders, args.seeds, _train_kwargs(args), out, template=args.template,
                       init=args.init, progress=not args.quiet)

@@ -59,6 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .suggest import did_you_mean
+
 METHODS = ("direct", "mlp", "lstm")
 INIT_FORMS = ('"random"', '"vocab"', '"text:<phrase>"')
 
@@ -148,9 +150,12 @@ class LSTMConfig:
 CONFIGS = {"direct": DirectConfig, "mlp": MLPConfig, "lstm": LSTMConfig}
 
 
-def _check_method(method) -> str:
-    if method not in METHODS:
-        raise EncoderError(f"unknown prompt encoder method {method!r}; use one of {', '.join(METHODS)}.")
+def check_method(method, allow_prefix: bool = False) -> str:
+    """``method`` if it names an encoder (``"prefix"`` too with ``allow_prefix``), else an error with a suggestion."""
+    if method not in METHODS and not (allow_prefix and method == "prefix"):
+        known = (*METHODS, "prefix")
+        raise EncoderError(f"unknown prompt encoder method {method!r}; use one of {', '.join(known)}."
+                           + did_you_mean(method, known))
     return method
 
 
@@ -400,7 +405,7 @@ def build_encoder(method: str, num_virtual_tokens: int, embedding: torch.Tensor,
                                "init's activations shape the prefix), or call prefix.build_prefix_encoder(lm, ...).")
         return build_prefix_encoder(lm, num_virtual_tokens, init=init, tokenize=tokenize, seed=seed, config=config)
     # ---- end prefix
-    method = _check_method(method)
+    method = check_method(method)
     config = _make_config(method, config)
     start = initial_prompt(init, num_virtual_tokens, embedding, tokenize, seed)
     config = _resolve(method, config, start.shape[1])
@@ -424,7 +429,7 @@ def encoder_from_config(spec: dict, hidden_size: int) -> PromptEncoder:
         from .prefix import prefix_encoder_from_spec
 
         return prefix_encoder_from_spec(spec, hidden_size)
-    method = _check_method(spec["method"])
+    method = check_method(spec["method"])
     n = spec["num_virtual_tokens"]
     _check_positive_int(n, "num_virtual_tokens", "the spec is damaged; re-save it with encoder.spec().")
     init = spec.get("init", "random")

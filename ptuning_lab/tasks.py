@@ -40,6 +40,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+from .suggest import did_you_mean
 from .templates import Template, TemplateError
 
 TASK_NAMES = ("capital", "continent", "language", "currency", "polarity")
@@ -137,8 +138,9 @@ def load_task(name_or_path: str | Path, seed: int = 0, template: str | None = No
     if isinstance(name_or_path, Path) or path.suffix or path.exists() or "/" in key or "\\" in key:
         return task_from_file(path, seed, template=template, split=split, max_examples=max_examples,
                               verbalizer=verbalizer)
-    raise TaskError(f"unknown task {key!r}. Built-in tasks: {', '.join(TASK_NAMES)}; or give the path of a "
-                    ".jsonl/.csv file with columns subject,object (relation) or text,label (classification).")
+    raise TaskError(f"unknown task {key!r}.{did_you_mean(key, TASK_NAMES)} Built-in tasks: {', '.join(TASK_NAMES)}; "
+                    "or give the path of a .jsonl/.csv file with columns subject,object (relation) or text,label "
+                    "(classification).")
 
 
 # ---------------------------------------------------------------------------------------- relations

@@ -104,3 +104,17 @@ def test_clear_errors_exit_2(tiny_model_dir, tmp_path, capsys):
     assert "no run directory" in capsys.readouterr().err
     assert main(["baseline", "--model", str(tmp_path / "nope"), *COMMON]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_names_are_checked_before_the_model_loads_or_anything_trains(tmp_path, capsys):
+    """A typo in the last encoder of a comparison fails at once: no model load, no run, no directory."""
+    missing_model = str(tmp_path / "no-such-model")        # loading it would be a different error
+    out = tmp_path / "cmp"
+    assert main(["compare", "--task", "capital", "--encoders", "mlp,lstn", "--model", missing_model,
+                 "--out", str(out), *COMMON]) == 2
+    err = capsys.readouterr().err
+    assert "unknown prompt encoder method 'lstn'" in err and "Did you mean 'lstm'?" in err
+    assert not out.exists()
+    assert main(["train", "--task", "capitol", "--model", missing_model, "--out", str(tmp_path / "t"), *COMMON]) == 2
+    assert "Did you mean 'capital'?" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

@@ -311,7 +311,8 @@ def _raises(match, fn, *args, **kwargs):
 
 
 def test_errors(embedding):
-    _raises(r"unknown prompt encoder method 'gru'.*direct, mlp, lstm", build_encoder, "gru", 3, embedding)
+    _raises(r"unknown prompt encoder method 'gru'.*direct, mlp, lstm, prefix\.$", build_encoder, "gru", 3, embedding)
+    _raises(r"unknown prompt encoder method 'lstn'.* Did you mean 'lstm'\?", build_encoder, "lstn", 3, embedding)
     _raises(r"unknown init 'words'.*\"random\".*\"vocab\".*\"text:<phrase>\"", build_encoder, "mlp", 3, embedding,
             init="words")
     _raises(r"unknown init", parse_init, "random:x")

@@ -251,9 +251,11 @@ def test_tsv_and_numbers_in_jsonl(tmp_path):
 
 # ------------------------------------------------------------------------------------------ errors
 def test_unknown_task_name():
-    with pytest.raises(TaskError, match=r"unknown task 'capitol'.*capital, continent, language, currency, "
+    with pytest.raises(TaskError, match=r"unknown task 'capitol'\. Did you mean 'capital'\? .*capital, continent, language, currency, "
                                         r"polarity.*path of a \.jsonl/\.csv file"):
         load_task("capitol")
+    with pytest.raises(TaskError, match=r"unknown task 'zzz'\. Built-in tasks"):      # nothing close: no guess
+        load_task("zzz")
     with pytest.raises(TaskError, match="unknown relation"):
         relation_task("polarity")
 
