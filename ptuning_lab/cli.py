@@ -361,17 +361,22 @@ def main(argv=None) -> int:
     from .tasks import TaskError
     from .templates import TemplateError
 
+    finished = False
     try:
         ctx = distributed.context(cpu=getattr(args, "device", None) == "cpu")   # joins the process group under a launch
         if ctx.world_size > 1:
             print(f"process {ctx.rank} of {ctx.world_size} on {ctx.device}", file=sys.stderr, flush=True)
-        return args.func(args)
+        code = args.func(args)
+        finished = True
+        return code
     except (ModelLoadError, TaskError, TemplateError, EncoderError, ckpt.CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown(finished)
 
 
 if __name__ == "__main__":

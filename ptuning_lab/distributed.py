@@ -289,6 +289,17 @@ def wait_for_everyone() -> None:
     context().wait_for_everyone()
 
 
+def shutdown(finished: bool) -> None:
+    """End a launched process cleanly: wait for the others (when this rank ``finished`` its work) and
+    destroy the process group. Left to the interpreter's exit, gloo's threads can abort the process
+    ("terminate called without an active exception") after the work is done. Nothing without a launcher."""
+    if _CONTEXT is None or not _CONTEXT.accelerator or not torch.distributed.is_initialized():
+        return
+    if finished:
+        _CONTEXT.wait_for_everyone()
+    torch.distributed.destroy_process_group()
+
+
 def device_for(requested=None):
     """The device to load the frozen model on: ``requested`` alone, or this rank's device under a launch.
 
