@@ -77,3 +77,20 @@ def projection(emb, strings):
     from ptuning_lab import manifold
 
     return manifold.fit_projection(emb, strings, model_id="toy", subset=None, cache=False)
+
+
+# ---- small models on a busy 2-core machine
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: these models are small, and on a busy 2-core machine each op of a 2-thread
+    pool waits for the other thread (measured: tiny models ~60x, the embedded model ~8x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def lm64(request, tokenizer):
+    """A tiny random GPT-2 and Llama in float64 (exact comparisons)."""
+    return make_tiny_lm(request.param, tokenizer, dtype=torch.float64)

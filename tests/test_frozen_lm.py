@@ -20,19 +20,9 @@ LONG = ("the United Kingdom of Great Britain and Northern Ireland, a country of 
 TEMPLATES = ["[P]*3 [X] is", "The capital of [P] [X] [P]*2 is", "[X] is the [P]*3"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: these models are small, and on a busy 2-core machine each op of a 2-thread
-    pool waits for the other thread (measured: tiny models ~60x, the embedded model ~8x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
-def lm64(request, tokenizer):
-    return make_tiny_lm(request.param, tokenizer, dtype=torch.float64)
 
 
 def make_prompt(lm, template, seed=0, requires_grad=False):

@@ -30,18 +30,9 @@ GEOMETRY = {"gpt2": Geometry(2, 2, 16), "llama": Geometry(2, 2, 8)}
 CONFIGS = {"table": {}, "mlp": {"reparameterize": True, "residual": False}, "mlp-residual": {"reparameterize": True}}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: tiny models on a busy 2-core machine run much faster single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
-def lm64(request, tokenizer):
-    return make_tiny_lm(request.param, tokenizer, dtype=torch.float64)
 
 
 def kind_of(lm) -> str:

@@ -8,6 +8,8 @@ from ptuning_lab.templates import Template, TemplateError
 
 from conftest import make_tiny_lm
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 # ---------------------------------------------------------------- parsing
 def test_parse_capital_template():
@@ -117,16 +119,6 @@ def test_validate_without_virtual_token():
 
 
 # ---------------------------------------------------------------- the prompt lands on the [P] slots
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: these models are small, and on a busy 2-core machine each op of a 2-thread
-    pool waits for the other thread (measured: tiny models ~60x, the embedded model ~8x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_gpt2(tokenizer):
     return make_tiny_lm("gpt2", tokenizer)
