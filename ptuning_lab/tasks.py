@@ -314,21 +314,26 @@ def polarity_task(seed: int = 0, template: str | None = None, split: Sequence[fl
                       seed, split, max_examples)
 
 
+def _package_lines(module: str, filename: str, pip_name: str, needed_for: str) -> list[str]:
+    """The lines of a data file shipped inside an installed package (the package is not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise TaskError(f"{needed_for} needs the package {pip_name}; install it with pip install {pip_name}.")
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise TaskError(f"cannot read {path}: {e}. Reinstall: pip install --force-reinstall {pip_name}") from e
+
+
 @lru_cache(maxsize=1)
 def _offensive_words() -> frozenset[str]:
     """The lower-cased entries of ``better-profanity``'s word list (read as data; its filter is not used)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("better_profanity")
-    if spec is None or not spec.submodule_search_locations:
-        raise TaskError("the polarity task filters offensive words with the package better-profanity; install "
-                        "it with pip install better-profanity (or pass offensive=True to keep every word).")
-    path = Path(next(iter(spec.submodule_search_locations))) / "profanity_wordlist.txt"
-    try:
-        return frozenset(line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    except OSError as e:
-        raise TaskError(f"cannot read better-profanity's word list {path}: {e}. Reinstall: pip install "
-                        "--force-reinstall better-profanity") from e
+    lines = _package_lines("better_profanity", "profanity_wordlist.txt", "better-profanity",
+                           "the polarity task (to leave out offensive words; offensive=True keeps every word)")
+    return frozenset(line.strip().lower() for line in lines if line.strip())
 
 
 @lru_cache(maxsize=1)
@@ -340,18 +345,7 @@ def _vader_words() -> tuple[tuple[str, float], ...]:
     can read, so we keep only the second part: it starts where a plain word's first letter drops
     back (the "zzz" -> "abandon" line).
     """
-    import importlib.util
-
-    spec = importlib.util.find_spec("vaderSentiment")
-    if spec is None or not spec.submodule_search_locations:
-        raise TaskError("the polarity task needs the package vaderSentiment; install it with "
-                        "pip install vadersentiment")
-    path = Path(next(iter(spec.submodule_search_locations))) / "vader_lexicon.txt"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise TaskError(f"cannot read VADER's lexicon {path}: {e}. Reinstall: pip install --force-reinstall "
-                        "vadersentiment") from e
+    lines = _package_lines("vaderSentiment", "vader_lexicon.txt", "vadersentiment", "the polarity task")
     words: list[tuple[str, float]] = []
     for line in lines:
         cols = line.split("\t")

@@ -430,3 +430,12 @@ def test_fuzz_structured_rows(rows, suffix):
         csv.writer(buf).writerows([("subject", "object"), *rows])
         text = buf.getvalue()
     _load_or_task_error(text.encode("utf-8", "surrogatepass"), suffix)
+
+
+def test_missing_data_package_or_file_names_the_fix():
+    from ptuning_lab.tasks import _package_lines
+
+    with pytest.raises(TaskError, match=r"needs the package no-such-pkg; install it with pip install no-such-pkg"):
+        _package_lines("no_such_pkg_for_test", "words.txt", "no-such-pkg", "the polarity task")
+    with pytest.raises(TaskError, match=r"cannot read .*missing\.txt.*pip install --force-reinstall vadersentiment"):
+        _package_lines("vaderSentiment", "missing.txt", "vadersentiment", "the polarity task")
