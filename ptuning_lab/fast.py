@@ -29,12 +29,13 @@ import math
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .frozen_lm import FrozenLM, _at_least_float32, right_pad
+from .frozen_lm import FrozenLM, _at_least_float32, right_pad, to_device
 from .templates import Template
 
 
@@ -78,7 +79,7 @@ class FastForward:
         self.config = config or FastConfig()
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cache_bytes = 0
-        self._seq_memo: dict[str, tuple[list[int], list[int]]] = {}
+        self._seq_memo: dict[str, _Seq] = {}
         self._gold_memo: dict[str, int] = {}
         self._verified = not self.config.verify
         self.fallback_reason: str | None = _unsupported_reason(lm)
@@ -110,17 +111,16 @@ class FastForward:
         """Final hidden state ``(B, d)`` at each example's prediction position."""
         seqs = self._sequences(list(inputs))
         self._check(seqs, prompt)
-        ids_list = [ids for ids, _ in seqs]
         self.stats["calls"] += 1
-        self.stats["tokens_total"] += sum(len(ids) for ids in ids_list)
-        return self._run(ids_list, [slots for _, slots in seqs], prompt)
+        self.stats["tokens_total"] += sum(s.n for s in seqs)
+        return self._run(seqs, prompt)
 
-    def _check(self, seqs, prompt) -> None:
-        max_len = max(len(ids) for ids, _ in seqs)
+    def _check(self, seqs: list[_Seq], prompt) -> None:
+        max_len = max(s.n for s in seqs)
         if max_len > self.lm.max_positions:
             raise ValueError(f"a templated input is {max_len} tokens long but the model '{self.lm.name}' accepts "
                              f"{self.lm.max_positions}; shorten the input or use fewer virtual tokens.")
-        n_needed = max(ids.count(-1) for ids, _ in seqs)
+        n_needed = max(s.n_virtual for s in seqs)
         if n_needed and prompt is None:
             raise ValueError("the template has [P] slots but no prompt was given: pass prompt=encoder() "
                              "or use a template without [P] for a manual prompt.")
@@ -130,15 +130,15 @@ class FastForward:
                 raise ValueError(f"the prompt has shape {tuple(prompt.shape)} but the template needs "
                                  f"({n_needed}, {d}): one row per [P] of width d_model.")
 
-    def _sequences(self, inputs: list[str]) -> list[tuple[list[int], list[int]]]:
-        """Per input: token ids (-1 at [P]) and the prompt row of each position, memoised per input."""
+    def _sequences(self, inputs: list[str]) -> list[_Seq]:
+        """Per input: its token ids (-1 at [P]) and the prompt row of each position, memoised per input."""
         memo = self._seq_memo
         missing = list(dict.fromkeys(x for x in inputs if x not in memo))
         if missing:
             if len(memo) + len(missing) > 200_000:
                 memo.clear()
             for x, (ids, _) in zip(missing, self.lm.sequences(self.template, missing)):
-                memo[x] = (ids, _slots(ids))
+                memo[x] = _Seq.of(ids)
         return [memo[x] for x in inputs]
 
     def evaluate(self, examples, prompt: torch.Tensor | None, answers: Sequence[str] | None = None) -> dict:
@@ -160,7 +160,7 @@ class FastForward:
         missing = list(dict.fromkeys(t for t in targets if t not in self._gold_memo))
         if missing:
             self._gold_memo.update(zip(missing, first_token_ids(self.lm, missing).tolist()))
-        return _to_device(torch.tensor([self._gold_memo[t] for t in targets], dtype=torch.long), self.lm.device)
+        return to_device(torch.tensor([self._gold_memo[t] for t in targets], dtype=torch.long), self.lm.device)
 
     def clear_cache(self) -> None:
         """Forget every cached prefix (e.g. after changing the model's weights or dtype)."""
@@ -172,7 +172,7 @@ class FastForward:
         return self._cache_bytes / 2**20
 
     # ---------------------------------------------------------------- the work
-    def _run(self, ids_list: list[list[int]], slot_list: list[list[int]], prompt) -> torch.Tensor:
+    def _run(self, seqs: list[_Seq], prompt) -> torch.Tensor:
         """Final hidden state (B, d) at each prediction position, via packed rows.
 
         Each example = [constant prefix: cached keys/values] + [shared head: common to the batch]
@@ -180,69 +180,82 @@ class FastForward:
         the shared head; a block mask lets each example see only its own prefix, the head and
         itself (causally), and explicit position ids keep every token where the plain path puts
         it. Packing leaves no padding inside a row and keeps the matrix products large, which
-        matters on a CPU, where every pass streams the model's weights from memory.
+        matters on a CPU, where every pass streams the model's weights from memory. The layout is
+        computed with array operations: on a GPU the host must keep up with the device.
         """
         lm, dev, cfg = self.lm, self.lm.device, self.config
-        B = len(ids_list)
-        lengths = [len(ids) for ids in ids_list]
+        B = len(seqs)
+        lengths = np.fromiter((s.n for s in seqs), dtype=np.int64, count=B)
         # constant prefix: everything before the first [P]; the prediction position always runs live
-        firsts = [min(ids.index(-1) if -1 in ids else n - 1, n - 1) for ids, n in zip(ids_list, lengths)]
-        if not cfg.cache_prefix or cfg.max_cache_mb == 0:
-            firsts = [0] * B
-        common = _common_prefix_length(ids_list) if (cfg.share_head and B > 1) else 0
-        common = min(common, min(lengths) - 1)
-        f0 = firsts[0]
-        if all(f == f0 for f in firsts) and common > f0:
-            head, starts = ids_list[0][f0:common], [common] * B
+        if cfg.cache_prefix and cfg.max_cache_mb > 0:
+            firsts = np.fromiter((s.first for s in seqs), dtype=np.int64, count=B)
         else:
-            head, starts = [], firsts
+            firsts = np.zeros(B, dtype=np.int64)
+        common = _common_prefix_length([s.ids for s in seqs]) if (cfg.share_head and B > 1) else 0
+        common = min(common, int(lengths.min()) - 1)
+        f0 = int(firsts[0])
+        if common > f0 and bool((firsts == f0).all()):
+            head, head_slots = seqs[0].arr[f0:common], seqs[0].slots[f0:common]
+            starts = np.full(B, common, dtype=np.int64)
+        else:
+            head, head_slots, starts = seqs[0].arr[:0], seqs[0].slots[:0], firsts
         H = len(head)
 
-        # pack the live parts into rows of at most pack_tokens tokens (one example never splits)
-        live_lens = [n - s for n, s in zip(lengths, starts)]
-        rows = _pack(live_lens, max(cfg.pack_tokens - H, 1))
+        # pack the live parts into rows of at most pack_tokens tokens (one example never splits;
+        # rows hold consecutive examples)
+        live_lens = lengths - starts
+        rows = _pack(live_lens.tolist(), max(cfg.pack_tokens - H, 1))
         R = len(rows)
-        Q = H + max(sum(live_lens[b] for b in row) for row in rows)
-        # per token: id (-1 virtual, -2 padding), prompt row, example (segment), position
-        f_tok, f_slot, f_seg, f_pos = [], [], [], []
-        last = [0] * B
-        head_slots = slot_list[0][f0:common] if H else []
-        for r, row in enumerate(rows):
-            t_ids, t_slot, t_seg, t_pos = list(head), list(head_slots), [_SHARED] * H, list(range(f0, f0 + H))
-            for b in row:
-                ids, s = ids_list[b], starts[b]
-                t_ids += ids[s:]
-                t_slot += slot_list[b][s:]
-                t_seg += [b] * (lengths[b] - s)
-                t_pos += range(s, lengths[b])
-                last[b] = r * Q + len(t_ids) - 1
-            pad = Q - len(t_ids)
-            f_tok += t_ids + [-2] * pad
-            f_slot += t_slot + [0] * pad
-            f_seg += t_seg + [_PAD] * pad
-            f_pos += t_pos + [0] * pad
+        row_of = np.repeat(np.arange(R), [len(row) for row in rows])                 # (B,)
+        row_tokens = np.bincount(row_of, weights=live_lens, minlength=R).astype(np.int64)
+        Q = H + int(row_tokens.max())
+        # every live token: id (-1 virtual), prompt row, example, position, and where it goes in (R, Q)
+        tok = np.concatenate([s.arr[st:] for s, st in zip(seqs, starts.tolist())])
+        slot = np.concatenate([s.slots[st:] for s, st in zip(seqs, starts.tolist())])
+        seg = np.repeat(np.arange(B), live_lens)
+        ends = np.cumsum(live_lens)
+        begins = ends - live_lens
+        pos = np.arange(len(tok)) - np.repeat(begins - starts, live_lens)
+        row_begin = begins[[row[0] for row in rows]]                                 # (R,) first live token of each row
+        tok_row = row_of[seg]
+        dest = tok_row * Q + H + (np.arange(len(tok)) - row_begin[tok_row])
+        f_tok = np.full((R, Q), -2, dtype=np.int64)
+        f_slot = np.zeros((R, Q), dtype=np.int64)
+        f_seg = np.full((R, Q), _PAD, dtype=np.int64)
+        f_pos = np.zeros((R, Q), dtype=np.int64)
+        f_tok[:, :H], f_slot[:, :H], f_seg[:, :H], f_pos[:, :H] = head, head_slots, _SHARED, np.arange(f0, f0 + H)
+        for flat_grid, values in ((f_tok, tok), (f_slot, slot), (f_seg, seg), (f_pos, pos)):
+            flat_grid.reshape(-1)[dest] = values
+        f_tok, f_slot = f_tok.reshape(-1), f_slot.reshape(-1)
+        last = dest[ends - 1]
         # the virtual positions (flat index into R*Q) and the prompt row each one takes
-        v_at = [i for i, t in enumerate(f_tok) if t == -1]
-        v_slot = [f_slot[i] for i in v_at]
-        ids = [t if t >= 0 else lm.pad_id for t in f_tok]
-        self.stats["tokens_run"] += sum(live_lens) + R * H
+        v_at = np.flatnonzero(f_tok == -1)
+        v_slot = f_slot[v_at]
+        ids = np.where(f_tok >= 0, f_tok, lm.pad_id)
+        self.stats["tokens_run"] += int(live_lens.sum()) + R * H
         # one host-to-device copy (pinned, asynchronous on a GPU): no stall of the queue behind it
-        flat = _to_device(torch.tensor(ids + f_seg + f_pos + last + v_at + v_slot, dtype=torch.long), dev)
+        flat = to_device(torch.from_numpy(np.concatenate([ids, f_seg.reshape(-1), f_pos.reshape(-1), last,
+                                                           v_at, v_slot])), dev)
         tok, seg, pos = flat[:3 * R * Q].view(3, R, Q).unbind(0)
         last_t, v_at_t, v_slot_t = flat[3 * R * Q:].split([B, len(v_at), len(v_slot)])
 
         # keys/values already known: the constant prefixes, from the cache
         if H and f0 > 0:
-            entry = self._prefix_cache([ids_list[0][:f0]])[0]                     # (layers, 2, heads, L, hd)
+            entry = self._prefix_cache([seqs[0].ids[:f0]])[0]                     # (layers, 2, heads, L, hd)
             kv = entry.unsqueeze(2).expand(-1, -1, R, -1, -1, -1)
             kseg = torch.full((R, f0), _SHARED, dtype=torch.long, device=dev)
-        elif not H and max(firsts) > 0:
-            kv, kseg = self._row_prefixes([[ids_list[b][:firsts[b]] for b in row] for row in rows], rows)
+        elif not H and int(firsts.max()) > 0:
+            kv, kseg = self._row_prefixes([[seqs[b].ids[:firsts[b]] for b in row] for row in rows], rows)
         else:
             kv, kseg = None, torch.zeros((R, 0), dtype=torch.long, device=dev)
 
         embeds = self._embed(tok, v_at_t, v_slot_t, prompt)
-        mask = _block_mask(seg, kseg, self._mask_dtype(embeds))
+        if kv is None and all(len(row) == 1 for row in rows):
+            # one example per row, padding only at its end: causal attention is exactly the block
+            # mask, and without a mask SDPA can take its fastest (flash) kernel
+            mask = None
+        else:
+            mask = _block_mask(seg, kseg, self._mask_dtype(embeds))
         cache = _make_cache(kv) if kv is not None else None
         kwargs = {lm._cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
         out = lm.transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, **kwargs)
@@ -327,7 +340,7 @@ class FastForward:
         kv = torch.stack([F.pad(t, (0, 0, 0, K - t.shape[3])) if t is not None
                           else ref.new_zeros(*ref.shape[:3], K, ref.shape[4]) for t in per_row], dim=2)
         kseg = torch.tensor([sg + [_PAD] * (K - len(sg)) for sg in segs], dtype=torch.long)
-        return kv, _to_device(kseg, dev)
+        return kv, to_device(kseg, dev)
 
     # ---------------------------------------------------------------- safety
     def _verify(self, inputs, prompt) -> None:
@@ -415,26 +428,29 @@ def _make_cache(kv):
     return cache
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host tensor -> device; on CUDA through pinned memory, without blocking the host."""
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
 _SHARED, _PAD = -1, -2          # segment ids: seen by every example / padding
 
 
-def _slots(ids: list[int]) -> list[int]:
-    """Prompt row of each position (the k-th -1 is row k; other positions 0)."""
-    out, k = [], 0
-    for t in ids:
-        if t == -1:
-            out.append(k)
-            k += 1
-        else:
-            out.append(0)
-    return out
+class _Seq(NamedTuple):
+    """One templated input: ``ids`` (-1 at each [P]) as a list and an array, the prompt row of each
+    position (the k-th [P] takes row k; other positions 0), its first [P] (or its last position
+    when it has none), its length and its number of [P]."""
+
+    ids: list
+    arr: np.ndarray
+    slots: np.ndarray
+    first: int
+    n: int
+    n_virtual: int
+
+    @classmethod
+    def of(cls, ids: list[int]) -> "_Seq":
+        arr = np.asarray(ids, dtype=np.int64)
+        virtual = arr == -1
+        slots = np.where(virtual, np.cumsum(virtual) - 1, 0)
+        n = len(ids)
+        first = min(int(np.argmax(virtual)) if virtual.any() else n - 1, n - 1)
+        return cls(ids, arr, slots, first, n, int(virtual.sum()))
 
 
 def _pack(lengths: list[int], budget: int) -> list[list[int]]:

@@ -23,6 +23,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .evaluation import evaluate, first_token_ids
 from .fast import FastForward
+from .frozen_lm import to_device
 from .manifold import waywardness_penalty
 from .templates import Template
 
@@ -162,13 +163,15 @@ class Trainer:
 
     def loss(self, examples) -> torch.Tensor:
         """Mean cross-entropy of each answer's first token over the whole vocabulary (+ waywardness)."""
+        # the answers go to the device first, without blocking: a blocking copy after the forward
+        # would make the host wait for the whole forward before it could queue the backward
+        gold = to_device(torch.tensor([self.gold[ex.target] for ex in examples]), self.lm.device)
         prompt = self.encoder()
         inputs = [ex.input for ex in examples]
         if self.fast is not None:
             logits = self.fast.last_logits(inputs, prompt)
         else:
             logits = self.lm.last_logits(self.lm.encode(self.template, inputs), prompt)
-        gold = torch.tensor([self.gold[ex.target] for ex in examples], device=logits.device)
         loss = F.cross_entropy(logits, gold)
         if self.wayward_target is not None:
             loss = loss + self.config.waywardness_gamma * waywardness_penalty(prompt, self.wayward_target)
@@ -176,6 +179,7 @@ class Trainer:
 
     def train_step(self, examples) -> float:
         self.encoder.train()
+        self.lm.begin_step()
         if self.dist.world_size > 1:       # this rank's shard; gradients summed over ranks = the global-batch step
             try:
                 loss = self.dist.backward_shard(self.loss, self.encoder, examples)
@@ -183,15 +187,19 @@ class Trainer:
                 raise FloatingPointError(f"{err} at step {self.step}") from None
         else:
             loss = self.loss(examples)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss became {loss.item()} at step {self.step}")
             loss.backward()
+            # one wait for the device per step, after the backward is queued (a check between the
+            # forward and the backward would leave a GPU idle while the host queues the backward)
+            if not math.isfinite(loss.item()):
+                self.optimizer.zero_grad(set_to_none=True)       # the encoder is left as it was
+                raise FloatingPointError(f"the training loss became {loss.item()} at step {self.step}")
+        value = loss.item()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return value
 
     @torch.no_grad()
     def current_prompt(self) -> torch.Tensor:
@@ -272,6 +280,7 @@ class Trainer:
 
     def _score(self, examples, prompt) -> dict:
         """``evaluate`` on the fast path when it is on."""
+        self.lm.begin_step()
         if self.fast is not None:
             return self.fast.evaluate(examples, prompt)
         return evaluate(self.lm, self.template, examples, prompt)
@@ -355,3 +364,4 @@ def _linear_warmup(step: int, warmup: int, total: int) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
+

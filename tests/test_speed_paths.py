@@ -29,6 +29,8 @@ CONFIGS = {
     "no-cache": FastConfig(cache_prefix=False),   # then the shared head starts at position 0
     "no-share": FastConfig(share_head=False),
     "rows-of-8": FastConfig(pack_tokens=8),   # forces several packed rows
+    "one-per-row": FastConfig(pack_tokens=1),   # each example its own row: causal attention, no mask
+    "one-per-row-no-cache": FastConfig(pack_tokens=1, cache_prefix=False),
 }
 
 
@@ -197,8 +199,8 @@ def test_falls_back_to_the_plain_path(lm64, monkeypatch):
 
     torch.testing.assert_close(FastForward(lm64, tpl).last_logits(INPUTS, KVPrompt()), ref)
     broken = FastForward(lm64, tpl)
-    monkeypatch.setattr(broken, "_run", lambda ids, slots, p: torch.zeros(len(ids), lm64.hidden_size,
-                                                                           dtype=torch.float64))
+    monkeypatch.setattr(broken, "_run", lambda seqs, p: torch.zeros(len(seqs), lm64.hidden_size,
+                                                                     dtype=torch.float64))
     with pytest.warns(UserWarning, match="plain path"):
         got = broken.last_logits(INPUTS, prompt)
     assert not broken.active and "differ" in broken.fallback_reason

@@ -1,4 +1,5 @@
 """Trainer, evaluation metrics and checkpoints: tiny models for exactness, the embedded model for reality."""
+import copy
 import json
 import math
 
@@ -171,6 +172,26 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(gpt2):
     assert result.stopped == "non_finite_loss"
     assert len(result.history["train"]) == 7
     assert torch.isfinite(result.prompt).all()
+
+
+def test_a_non_finite_step_changes_nothing(gpt2):
+    trainer = make_trainer(gpt2)
+    batch = trainer.batch_examples(0)
+    trainer.train_step(batch)                        # the optimizer now has moments to spoil
+    encoder = copy.deepcopy(trainer.encoder.state_dict())
+    optimizer = copy.deepcopy(trainer.optimizer.state_dict())
+    lr_step = trainer.scheduler.last_epoch
+    real_loss = trainer.loss
+    trainer.loss = lambda examples: real_loss(examples) * float("nan")
+    with pytest.raises(FloatingPointError, match="nan"):
+        trainer.train_step(batch)
+    for name, value in trainer.encoder.state_dict().items():
+        assert torch.equal(value, encoder[name]), name
+    for key, state in trainer.optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, optimizer["state"][key][name]), name
+    assert trainer.scheduler.last_epoch == lr_step
+    assert all(p.grad is None for p in trainer.encoder.parameters())
 
 
 def test_keyboard_interrupt_keeps_history_and_best_state(gpt2, tmp_path):
