@@ -42,7 +42,10 @@ def default_init(template: str) -> str:
 def load_lm(args):
     from .frozen_lm import FrozenLM
 
-    return FrozenLM.load(args.model, device=distributed.device_for(args.device))   # cuda:LOCAL_RANK under a launch
+    lm = FrozenLM.load(args.model, device=distributed.device_for(args.device))   # cuda:LOCAL_RANK under a launch
+    if getattr(args, "compile", None):
+        lm.compile(mode=None if args.compile == "default" else args.compile)
+    return lm
 
 
 def load_task_arg(args):
@@ -291,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", default="auto", help="'auto' (GPT-2 where reachable, else the embedded "
                         "SmolLM2-135M), 'smollm2-135m', a Hugging Face id or a local path.")
         sp.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available).")
+        sp.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        help="torch.compile the frozen model; on a GPU use --compile reduce-overhead (CUDA "
+                             "graphs, 2-3x faster steps on an H200). Each new batch shape compiles once (tens "
+                             "of seconds): for long runs, not for a few dozen steps.")
 
     def task_args(sp, many=False):
         sp.add_argument("--task", default="capital", help="capital, continent, language, currency, polarity, or a "

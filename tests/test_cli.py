@@ -56,6 +56,16 @@ def test_train_writes_a_complete_run_and_refuses_to_overwrite(tiny_model_dir, tm
     assert main(args + ["--overwrite"]) == 0
 
 
+def test_compile_flag_compiles_the_frozen_model(tiny_model_dir, tmp_path, monkeypatch):
+    from ptuning_lab.frozen_lm import FrozenLM
+
+    modes = []
+    monkeypatch.setattr(FrozenLM, "compile", lambda self, mode=None, **kw: modes.append(mode) or self)
+    for flag in ([], ["--compile"], ["--compile", "reduce-overhead"]):
+        assert main(["baseline", "--task", "capital", "--model", tiny_model_dir, *COMMON, *flag]) == 0
+    assert modes == [None, "reduce-overhead"]          # not compiled without the flag
+
+
 def test_resume_continues_a_checkpointed_run(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     base = ["train", "--task", "capital", "--encoder", "direct", "--model", tiny_model_dir, "--batch-size", "4",
