@@ -82,7 +82,6 @@ class FastForward:
         self._seq_memo: dict[str, _Seq] = {}
         self._gold_memo: dict[str, int] = {}
         self._verified = not self.config.verify
-        self._prepared = None           # (seqs, layout key, _Layout) of the batch prepare() laid out
         self.fallback_reason: str | None = _unsupported_reason(lm)
         self.stats = {"calls": 0, "cache_hits": 0, "cache_misses": 0, "tokens_total": 0, "tokens_run": 0}
 
@@ -173,58 +172,8 @@ class FastForward:
         return self._cache_bytes / 2**20
 
     # ---------------------------------------------------------------- the work
-    def prepare(self, inputs: Sequence[str]) -> None:
-        """Lay out a coming batch now: its packed rows are built on the host and sent to the device,
-        so the call that uses these inputs next starts its model work at once.
-
-        The trainer calls it for the next batch while a GPU still runs the current step. Inputs
-        that the call itself would refuse are left for that call to report.
-        """
-        self._prepared = None
-        seqs = self._sequences(list(inputs))
-        if not seqs or max(s.n for s in seqs) > self.lm.max_positions:
-            return
-        self._prepared = (seqs, self._layout_key(), self._layout(seqs))
-
-    def _layout_key(self) -> tuple:
-        cfg = self.config
-        return cfg.pack_tokens, cfg.cache_prefix, cfg.share_head, cfg.max_cache_mb > 0
-
     def _run(self, seqs: list[_Seq], prompt) -> torch.Tensor:
-        """Final hidden state (B, d) at each prediction position, via packed rows (see ``_layout``)."""
-        lm, dev = self.lm, self.lm.device
-        ready = self._prepared
-        if ready is not None and ready[1] == self._layout_key() and len(ready[0]) == len(seqs) \
-                and all(a is b for a, b in zip(ready[0], seqs)):
-            lay, self._prepared = ready[2], None
-        else:                          # e.g. an evaluation between two steps: the prepared batch waits
-            lay = self._layout(seqs)
-        self.stats["tokens_run"] += lay.tokens_run
-        R, H, f0, firsts, rows = lay.R, lay.H, lay.f0, lay.firsts, lay.rows
-        # keys/values already known: the constant prefixes, from the cache
-        if H and f0 > 0:
-            entry = self._prefix_cache([seqs[0].ids[:f0]])[0]                     # (layers, 2, heads, L, hd)
-            kv = entry.unsqueeze(2).expand(-1, -1, R, -1, -1, -1)
-            kseg = torch.full((R, f0), _SHARED, dtype=torch.long, device=dev)
-        elif not H and int(firsts.max()) > 0:
-            kv, kseg = self._row_prefixes([[seqs[b].ids[:firsts[b]] for b in row] for row in rows], rows)
-        else:
-            kv, kseg = None, torch.zeros((R, 0), dtype=torch.long, device=dev)
-
-        embeds = self._embed(lay.tok, lay.v_at, lay.v_slot, prompt)
-        if kv is None and all(len(row) == 1 for row in rows):
-            # one example per row, padding only at its end: causal attention is exactly the block
-            # mask, and without a mask SDPA can take its fastest (flash) kernel
-            mask = None
-        else:
-            mask = _block_mask(lay.seg, kseg, self._mask_dtype(embeds))
-        cache = _make_cache(kv) if kv is not None else None
-        kwargs = {lm._cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
-        out = lm.transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=lay.pos, **kwargs)
-        return out.last_hidden_state.reshape(R * lay.Q, -1)[lay.last]                # (B, d)
-
-    def _layout(self, seqs: list[_Seq]) -> "_Layout":
-        """Where every token of a batch goes: packed rows, built on the host, copied to the device.
+        """Final hidden state (B, d) at each prediction position, via packed rows.
 
         Each example = [constant prefix: cached keys/values] + [shared head: common to the batch]
         + [live part]. The live parts of several examples are packed into one row after a copy of
@@ -283,13 +232,34 @@ class FastForward:
         v_at = np.flatnonzero(f_tok == -1)
         v_slot = f_slot[v_at]
         ids = np.where(f_tok >= 0, f_tok, lm.pad_id)
+        self.stats["tokens_run"] += int(live_lens.sum()) + R * H
         # one host-to-device copy (pinned, asynchronous on a GPU): no stall of the queue behind it
         flat = to_device(torch.from_numpy(np.concatenate([ids, f_seg.reshape(-1), f_pos.reshape(-1), last,
                                                            v_at, v_slot])), dev)
         tok, seg, pos = flat[:3 * R * Q].view(3, R, Q).unbind(0)
         last_t, v_at_t, v_slot_t = flat[3 * R * Q:].split([B, len(v_at), len(v_slot)])
-        return _Layout(R, Q, H, f0, firsts, rows, tok, seg, pos, last_t, v_at_t, v_slot_t,
-                       int(live_lens.sum()) + R * H)
+
+        # keys/values already known: the constant prefixes, from the cache
+        if H and f0 > 0:
+            entry = self._prefix_cache([seqs[0].ids[:f0]])[0]                     # (layers, 2, heads, L, hd)
+            kv = entry.unsqueeze(2).expand(-1, -1, R, -1, -1, -1)
+            kseg = torch.full((R, f0), _SHARED, dtype=torch.long, device=dev)
+        elif not H and int(firsts.max()) > 0:
+            kv, kseg = self._row_prefixes([[seqs[b].ids[:firsts[b]] for b in row] for row in rows], rows)
+        else:
+            kv, kseg = None, torch.zeros((R, 0), dtype=torch.long, device=dev)
+
+        embeds = self._embed(tok, v_at_t, v_slot_t, prompt)
+        if kv is None and all(len(row) == 1 for row in rows):
+            # one example per row, padding only at its end: causal attention is exactly the block
+            # mask, and without a mask SDPA can take its fastest (flash) kernel
+            mask = None
+        else:
+            mask = _block_mask(seg, kseg, self._mask_dtype(embeds))
+        cache = _make_cache(kv) if kv is not None else None
+        kwargs = {lm._cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
+        out = lm.transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, **kwargs)
+        return out.last_hidden_state.reshape(R * Q, -1)[last_t]                    # (B, d)
 
     def _embed(self, tok: torch.Tensor, v_at: torch.Tensor, v_slot: torch.Tensor, prompt) -> torch.Tensor:
         """Token embeddings (R, Q, d), with prompt row ``v_slot[i]`` at flat position ``v_at[i]``.
@@ -459,27 +429,6 @@ def _make_cache(kv):
 
 
 _SHARED, _PAD = -1, -2          # segment ids: seen by every example / padding
-
-
-class _Layout(NamedTuple):
-    """A batch's packed rows on the device: R rows of Q tokens, the shared head's length H starting
-    at position f0, each example's first [P] (``firsts``, host) and row membership (``rows``); per
-    position (R, Q) token ids, example ids and positions; per example the flat index of its
-    prediction position (``last``, (B,)); the flat index and prompt row of each virtual position."""
-
-    R: int
-    Q: int
-    H: int
-    f0: int
-    firsts: np.ndarray
-    rows: list
-    tok: torch.Tensor
-    seg: torch.Tensor
-    pos: torch.Tensor
-    last: torch.Tensor
-    v_at: torch.Tensor
-    v_slot: torch.Tensor
-    tokens_run: int
 
 
 class _Seq(NamedTuple):

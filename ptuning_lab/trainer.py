@@ -188,9 +188,6 @@ class Trainer:
         else:
             loss = self.loss(examples)
             loss.backward()
-            if self.fast is not None:
-                # while a GPU runs this step, lay out the next batch on the host
-                self.fast.prepare([ex.input for ex in self.batch_examples(self.step + 1)])
             # one wait for the device per step, after the backward is queued (a check between the
             # forward and the backward would leave a GPU idle while the host queues the backward)
             if not math.isfinite(loss.item()):

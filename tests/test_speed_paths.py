@@ -325,29 +325,3 @@ def test_compiled_model_gives_the_same_logits_and_gradients(kind, tokenizer):
             _close(g_got, g_ref)
     assert graphs, "dynamo traced nothing: the model did not run compiled"
     compiled.begin_step()          # a no-op off the GPU
-
-
-def test_a_prepared_batch_gives_the_same_result_and_is_used_once(lm64):
-    template = TEMPLATES[0]
-    prompt = _prompt(lm64, template)
-    ref = _plain(lm64, template, INPUTS, prompt)
-    fast = FastForward(lm64, template)
-    fast.last_logits(INPUTS[:2], prompt)                     # verified
-    fast.prepare(INPUTS)
-    calls = []
-    real = fast._layout
-    fast._layout = lambda seqs: calls.append(len(seqs)) or real(seqs)
-    _close(fast.last_logits(INPUTS, prompt), ref)
-    assert calls == [] and fast._prepared is None            # the prepared layout was used, then dropped
-    other = list(reversed(INPUTS))
-    fast.prepare(INPUTS)
-    calls.clear()
-    _close(fast.last_logits(other, prompt), ref.flip(0))     # other inputs: laid out afresh ...
-    assert calls == [len(other)] and fast._prepared[0][0] is fast._sequences(INPUTS)[0]   # ... the prepared batch waits
-    fast.prepare(INPUTS)
-    calls.clear()
-    fast.config.pack_tokens = 1                              # the layout depends on the config too
-    _close(fast.last_logits(INPUTS, prompt), ref)
-    assert calls == [len(INPUTS)]
-    fast.prepare(["x " * 500])                               # too long: left for the call to refuse
-    assert fast._prepared is None
