@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available).")
         sp.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="torch.compile the frozen model; on a GPU use --compile reduce-overhead (CUDA "
-                             "graphs, 2-3x faster steps on an H200). Each new batch shape compiles once (tens "
+                             "graphs, about 2x faster steps on an H200). Each new batch shape compiles once (tens "
                              "of seconds): for long runs, not for a few dozen steps.")
 
     def task_args(sp, many=False):
