@@ -188,12 +188,12 @@ class Trainer:
         else:
             loss = self.loss(examples)
             loss.backward()
-            # one wait for the device per step, after the backward is queued (a check between the
-            # forward and the backward would leave a GPU idle while the host queues the backward)
-            if not math.isfinite(loss.item()):
-                self.optimizer.zero_grad(set_to_none=True)       # the encoder is left as it was
-                raise FloatingPointError(f"the training loss became {loss.item()} at step {self.step}")
+        # one wait for the device per step, after the backward is queued (a check between the
+        # forward and the backward would leave a GPU idle while the host queues the backward)
         value = loss.item()
+        if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)           # the encoder is left as it was
+            raise FloatingPointError(f"the training loss became {value} at step {self.step}")
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.config.grad_clip)
         self.optimizer.step()
@@ -364,4 +364,3 @@ def _linear_warmup(step: int, warmup: int, total: int) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
-
