@@ -52,6 +52,15 @@ def make_tiny_lm(kind: str, tokenizer, dtype=torch.float32, seed: int = 0):
     return FrozenLM(model.to(dtype), tokenizer, f"tiny-{kind}")
 
 
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random GPT-2 and its tokenizer saved to disk, for ``--model PATH`` (one per test module)."""
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    make_tiny_lm("gpt2", tokenizer).model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(params=["gpt2", "llama"])
 def tiny_lm(request, tokenizer):
     return make_tiny_lm(request.param, tokenizer)

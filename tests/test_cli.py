@@ -4,18 +4,8 @@ import json
 import pytest
 import torch
 
-from conftest import make_tiny_lm
 from ptuning_lab import checkpoint as ckpt
 from ptuning_lab.cli import default_init, default_template, main
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    lm = make_tiny_lm("gpt2", tokenizer)
-    lm.model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 COMMON = ["--max-examples", "30", "--device", "cpu"]

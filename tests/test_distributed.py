@@ -158,15 +158,6 @@ def test_count_metrics_are_combined_exactly():
 
 
 # ---------------------------------------------------------------- the real launch: 2 CPU processes
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("tiny-gpt2-dist")
-    lm = make_tiny_lm("gpt2", tokenizer)
-    lm.model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
