@@ -1,41 +1,21 @@
-"""The ``ptuning-lab`` command line: baseline, train, compare, decode, demo, warm-cache.
+"""The ``ptuning-lab`` command line: parse the arguments, call the library, print the result.
 
-Every command takes ``--model`` (default ``auto``: GPT-2 where reachable, else the embedded
-SmolLM2-135M). The JSON files each command writes are documented in README.md.
+Commands: baseline, train, compare, decode, demo, warm-cache, export-peft, import-peft. Every
+command takes ``--model`` (default ``auto``: GPT-2 where reachable, else the embedded SmolLM2-135M).
+The experiments themselves live in :mod:`ptuning_lab.experiments`; the JSON files each command
+writes are documented in README.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
 from . import distributed
-from .templates import Template
-
-DEFAULT_VIRTUAL = 3
-
-
-def default_template(manual: str, num_virtual_tokens: int = DEFAULT_VIRTUAL) -> str:
-    """The hybrid P-tuning template: virtual tokens before and after the manual words.
-
-    ``"The capital of [X] is"`` -> ``"[P]*3 The capital of [X] is [P]*3"``.
-    """
-    return f"[P]*{num_virtual_tokens} {manual} [P]*{num_virtual_tokens}"
-
-
-def default_init(template: str) -> str:
-    """Start the prompt from the template's own words: ``"text:The capital of is"``.
-
-    Random vectors placed next to the prediction position derail a small model at step 0 (dev loss
-    rises from ~4 to ~11 on 'capital'); starting from real words keeps the manual prompt's knowledge.
-    """
-    words = Template.parse(template).manual_text().replace("[X]", " ").split()
-    return "text:" + (" ".join(words) if words else "the")
+from . import experiments
 
 
 # ---------------------------------------------------------------- building blocks
@@ -56,88 +36,16 @@ def load_task_arg(args):
 
 
 def prepare_out_dir(out: Path, overwrite: bool, resume: bool = False) -> None:
-    """Refuse to write over another run unless asked to (under a launch, only the main process clears it)."""
-    busy = out.exists() and any(out.iterdir()) and not resume
-    distributed.wait_for_everyone()          # every rank has looked before the directory is cleared
-    if busy:
-        if not overwrite:
-            raise SystemExit(f"error: {out} already holds files (another run?). Choose another --out, pass "
-                             "--overwrite to replace it, or --resume to continue it.")
-        if distributed.is_main_process():
-            shutil.rmtree(out)
-    distributed.wait_for_everyone()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def train_one(lm, task, *, encoder_name: str, template: str | None, init: str, seed: int, train_kwargs: dict,
-              out: Path | None = None, resume: bool = False, progress: bool = True, encoder_config=None,
-              callbacks=()) -> dict:
-    """Train one encoder on one task; return its metrics dict (and write the run dir when ``out``)."""
-    from .encoders import build_encoder
-    from .evaluation import evaluate
-    from .templates import Template
-    from .trainer import TrainConfig, Trainer
-
-    template = template or default_template(task.template)
-    n = Template.parse(template).validate(need_virtual=True).num_virtual_tokens
-    extra = {}
-    if encoder_name == "prefix":
-        # prefix tuning puts its virtual tokens in every layer's keys/values, not at [P] slots: the template's
-        # [P] count is its num_virtual_tokens and the [P]s are dropped, so one --template serves every method
-        template, extra = Template.parse(template).manual_text(), {"lm": lm}
-    init = default_init(template) if init == "auto" else init
-    encoder = build_encoder(encoder_name, n, lm.embedding.detach(), init=init, tokenize=lm.tokenize, seed=seed,
-                            config=encoder_config, **extra)
-    config = TrainConfig(seed=seed, **train_kwargs)
-    trainer = Trainer(lm, encoder, task, template, config, out_dir=out, progress=progress, callbacks=callbacks,
-                      run_config={"task": task.name, "init": init})
-    result = trainer.fit(resume=resume)
-    prompt = result.prompt.to(lm.device)       # test split shared out across the ranks under a launch
-    test = trainer.dist.evaluate(lambda examples: evaluate(lm, template, examples, prompt, answers=task.answers),
-                                 task.test)
-    metrics = {"task": task.name, "encoder": encoder_name, "seed": seed, "template": template,
-               "test_p_at_1": test["p_at_1"], "test_candidate_accuracy": test["candidate_accuracy"],
-               "dev_p_at_1": result.best_dev.get("p_at_1"), "trainable_params": encoder.num_trainable_parameters(),
-               "train_seconds": round(result.seconds, 2), "steps": trainer.step, "best_step": result.best_step,
-               "stopped": result.stopped}
-    if out and trainer.dist.is_main_process:
-        ckpt.write_json(out / "metrics.json", metrics)
-    metrics["_result"] = result
-    return metrics
-
-
-def baseline_metrics(lm, task) -> dict:
-    from .evaluation import evaluate
-
-    test = evaluate(lm, task.template, task.test, answers=task.answers)
-    return {"task": task.name, "encoder": "manual", "template": task.template, "test_p_at_1": test["p_at_1"],
-            "test_candidate_accuracy": test["candidate_accuracy"], "trainable_params": 0}
-
-
-def _mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarize(rows: list[dict]) -> list[dict]:
-    """Group per (task, encoder): mean and std of the test metrics across seeds."""
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["task"], r["encoder"]), []).append(r)
-    out = []
-    for (task, enc), rs in groups.items():
-        p, p_sd = _mean_std([r["test_p_at_1"] for r in rs])
-        c, c_sd = _mean_std([r["test_candidate_accuracy"] for r in rs])
-        s, _ = _mean_std([r.get("train_seconds") for r in rs])
-        out.append({"task": task, "encoder": enc, "seeds": len(rs), "test_p_at_1": p, "test_p_at_1_std": p_sd,
-                    "test_candidate_accuracy": c, "test_candidate_accuracy_std": c_sd,
-                    "trainable_params": rs[0]["trainable_params"], "train_seconds": s})
-    return out
+    """Refuse to write over another run unless asked to (``--overwrite`` or ``--resume``)."""
+    try:
+        experiments.prepare_out_dir(out, overwrite=overwrite, resume=resume)
+    except FileExistsError:
+        raise SystemExit(f"error: {out} already holds files (another run?). Choose another --out, pass "
+                         "--overwrite to replace it, or --resume to continue it.") from None
 
 
 def format_table(summary: list[dict]) -> str:
+    """The comparison as a text table: one line per (task, method), mean ± std over seeds."""
     lines = [f"{'task':<10} {'method':<8} {'P@1 (test)':>15} {'cand. acc':>15} {'params':>10} {'train s':>8}"]
     for r in summary:
         lines.append(f"{r['task']:<10} {r['encoder']:<8} "
@@ -151,7 +59,7 @@ def format_table(summary: list[dict]) -> str:
 def cmd_baseline(args) -> int:
     lm = load_lm(args)
     task = load_task_arg(args)
-    metrics = baseline_metrics(lm, task)
+    metrics = experiments.baseline(lm, task)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -172,50 +80,11 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     prepare_out_dir(out, args.overwrite, resume=args.resume)
     lm = load_lm(args)
-    metrics = train_one(lm, task, encoder_name=args.encoder, template=args.template, init=args.init,
-                        seed=args.seed, train_kwargs=_train_kwargs(args), out=out, resume=args.resume)
-    metrics.pop("_result")
+    run = experiments.train_one(lm, task, encoder=args.encoder, template=args.template, init=args.init,
+                                seed=args.seed, train=_train_kwargs(args), out=out, resume=args.resume)
     if distributed.is_main_process():
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(run.metrics, indent=2))
     return 0
-
-
-def run_compare(lm, tasks, encoders, seeds, train_kwargs, out: Path, template=None, init="auto",
-                progress=True) -> dict:
-    """Manual baseline + each encoder x seed on each task; writes summary.json and report.html."""
-    rows, results = [], {}
-    for task in tasks:
-        rows.append(baseline_metrics(lm, task))
-        for enc in encoders:
-            for seed in range(seeds):
-                run_dir = out / task.name / f"{enc}-seed{seed}"
-                prepare_out_dir(run_dir, overwrite=True)
-                m = train_one(lm, task, encoder_name=enc, template=template, init=init, seed=seed,
-                              train_kwargs=train_kwargs, out=run_dir, progress=progress)
-                results[(task.name, enc, seed)] = m.pop("_result")
-                rows.append(m)
-                print(f"  {task.name:<10} {enc:<7} seed {seed}: test P@1 {m['test_p_at_1']:.3f} "
-                      f"({m['train_seconds']:.0f} s)", flush=True)
-    summary = summarize(rows)
-    if not distributed.is_main_process():       # under a launch the main process writes summary and report
-        return {"rows": rows, "summary": summary, "results": results}
-    ckpt.write_json(out / "summary.json", {"model": lm.name, "rows": rows, "summary": summary})
-    try:
-        from .report import write_report
-
-        write_report(out, lm=lm, summary=summary, rows=rows)
-    except ImportError:
-        ckpt.write_text(out / "report.html", _plain_report(summary, lm.name))
-    return {"rows": rows, "summary": summary, "results": results}
-
-
-def _plain_report(summary, model_name) -> str:
-    import html
-
-    body = "".join(f"<tr>{''.join(f'<td>{html.escape(str(v))}</td>' for v in r.values())}</tr>" for r in summary)
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in (summary[0] if summary else {}))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ptuning_lab report</title></head><body>"
-            f"<h1>ptuning_lab comparison ({html.escape(model_name)})</h1><table>{head}{body}</table></body></html>")
 
 
 def cmd_compare(args) -> int:
@@ -229,10 +98,10 @@ def cmd_compare(args) -> int:
     prepare_out_dir(out, args.overwrite)
     lm = load_lm(args)
     start = time.perf_counter()
-    res = run_compare(lm, tasks, encoders, args.seeds, _train_kwargs(args), out, template=args.template,
-                      init=args.init, progress=not args.quiet)
+    result = experiments.compare(lm, tasks, encoders, args.seeds, _train_kwargs(args), out, template=args.template,
+                                 init=args.init, progress=not args.quiet)
     print(f"\nmodel: {lm.name}   ({time.perf_counter() - start:.0f} s)")
-    print(format_table(res["summary"]))
+    print(format_table(result.summary))
     print(f"\nwrote {out / 'summary.json'} and {out / 'report.html'}")
     return 0
 
@@ -274,20 +143,50 @@ def cmd_demo(args) -> int:
 
 
 def cmd_warm_cache(args) -> int:
-    lm = load_lm(args)
-    try:
-        from .manifold import fit_projection, vocab_stats
+    from . import course
 
-        vocab_stats(lm.embedding.detach(), model_id=lm.name)
-        fit_projection(lm.embedding.detach(), lm.token_strings, model_id=lm.name)
-    except ImportError:
-        pass
+    lm = load_lm(args)                          # converts the embedded model to safetensors on its first load
+    size = course.size(args.size)
+    info = course.prewarm(lm, size=size, umap=False if args.no_umap else None)
+    if not info["umap"] and not args.no_umap:
+        print("UMAP map skipped: umap-learn is not installed (pip install umap-learn)", file=sys.stderr)
     print(f"cache warm for {lm.name}")
     return 0
 
 
+def cmd_export_peft(args) -> int:
+    from .frozen_lm import FrozenLM
+    from .peft_interop import INFO_FILE, _default_base, export_peft
+
+    run = ckpt.load_run(args.run)
+    model = args.model or run.config.get("model") or "auto"
+    lm = FrozenLM.load(model, device=args.device, verbose=False)
+    out = export_peft(run, args.out, _default_base(lm.name) if args.model else None, lm=lm,
+                      peft_type=args.peft_type, overwrite=args.overwrite)
+    info = json.loads((out / INFO_FILE).read_text())
+    print(f"wrote a PEFT {info['peft_type']} adapter to {out} ({info['why_this_peft_type']})")
+    print(f"PEFT input text: {info['input_text_format']!r}   ([X] = the input; keep the leading space)")
+    print("load it with: PeftModel.from_pretrained(base_model, " + repr(str(out)) + ")")
+    return 0
+
+
+def cmd_import_peft(args) -> int:
+    from .frozen_lm import FrozenLM
+    from .peft_interop import import_peft, save_imported
+
+    imported = import_peft(args.adapter)
+    model = args.model or imported.config.get("model") or "auto"
+    lm = FrozenLM.load(model, device=args.device, verbose=False)
+    imported.check_model(lm)
+    out = save_imported(imported, args.out, lm=lm, overwrite=args.overwrite)
+    print(f"imported a {imported.peft_config.get('peft_type')} prompt ({imported.num_virtual_tokens} virtual "
+          f"tokens, width {imported.prompt.shape[1]}) into {out}; try: ptuning-lab decode {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ptuning-lab", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="ptuning-lab", description="P-tuning from the command line: probe, train, "
+                                "compare and inspect prompts. `ptuning-lab <command> --help` lists its options.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
@@ -344,20 +243,41 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="No progress bars.")
         sp.set_defaults(func=func)
 
-    sp = sub.add_parser("decode", help="Nearest vocabulary tokens of each virtual token of a run.")
+    sp = sub.add_parser("decode", help="Nearest vocabulary tokens of a run's virtual tokens.")
     common(sp)
     sp.add_argument("run", help="A run directory.")
     sp.add_argument("-k", type=int, default=5)
     sp.add_argument("--word-like", action="store_true", help="Only word-like tokens.")
     sp.set_defaults(func=cmd_decode)
 
-    from .peft_interop import add_cli as add_peft_commands
-
-    add_peft_commands(sub)
-
-    sp = sub.add_parser("warm-cache", help="Convert the model and fit the vocabulary projection once.")
+    sp = sub.add_parser("warm-cache", help="Prepare the model and the maps the lessons load.")
     common(sp)
+    sp.add_argument("--size", default=None, help="lesson or ci: the subsets the notebooks use (default: "
+                    "PTUNING_LAB_SIZE, else lesson).")
+    sp.add_argument("--no-umap", action="store_true", help="Skip the UMAP map of notebook 01 (fitted when "
+                    "umap-learn is installed).")
     sp.set_defaults(func=cmd_warm_cache)
+
+    def peft_args(sp, model_help):
+        sp.add_argument("--model", default=None, help=model_help)
+        sp.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available).")
+        sp.add_argument("--overwrite", action="store_true", help="Replace an existing OUT directory.")
+
+    from .peft_interop import PEFT_TYPES
+
+    sp = sub.add_parser("export-peft", help="Write a run's prompt as a Hugging Face PEFT adapter.")
+    sp.add_argument("run", help="A run directory (its template must have all [P] first).")
+    sp.add_argument("out", help="Adapter directory to write.")
+    peft_args(sp, "Base model PEFT should use, and to check against (default: the run's model).")
+    sp.add_argument("--peft-type", default="auto", choices=PEFT_TYPES,
+                    help="auto: P-tuning when PEFT's encoder matches ours, else prompt tuning (same logits).")
+    sp.set_defaults(func=cmd_export_peft)
+
+    sp = sub.add_parser("import-peft", help="Turn a PEFT prompt adapter into a run directory.")
+    sp.add_argument("adapter", help="Directory written by PeftModel.save_pretrained.")
+    sp.add_argument("out", help="Run directory to write (then: ptuning-lab decode OUT).")
+    peft_args(sp, "The adapter's base model (default: the one it records, else auto).")
+    sp.set_defaults(func=cmd_import_peft)
     return p
 
 

@@ -142,15 +142,18 @@ def size_fields() -> list[str]:
     return [f.name for f in fields(Size)]
 
 
-def prewarm(lm=None, model: str = "auto", size: Size | None = None, umap: bool = True) -> dict:
+def prewarm(lm=None, model: str = "auto", size: Size | None = None, umap: bool | None = None) -> dict:
     """Compute once what the notebooks load at start, so a fresh session (Binder) trains at once.
 
-    Loads the model (``lm`` or ``FrozenLM.load(model)``; for a hub model this downloads it into the
-    Hugging Face cache) and caches, under ``PTUNING_LAB_CACHE``, the vocabulary statistics, the PCA
-    map and (``umap=True``) the UMAP map with exactly the settings of ``size`` (default: the lesson
-    size), i.e. the calls the notebooks make. Returns ``{"model": name, "seconds": float}``.
-    ``binder/postBuild`` runs ``python -m ptuning_lab.course prewarm``.
+    Loads the model (``lm`` or ``FrozenLM.load(model)``: the embedded model is converted to
+    safetensors once, a hub model is downloaded into the Hugging Face cache) and caches, under
+    ``PTUNING_LAB_CACHE``, the vocabulary statistics, the PCA map and the UMAP map of notebook 01
+    with exactly the settings of ``size`` (default: the lesson size), i.e. the calls the notebooks
+    make. ``umap``: None fits the UMAP map when umap-learn is installed, False skips it.
+    Returns ``{"model": name, "umap": bool (fitted), "seconds": float}``.
+    ``ptuning-lab warm-cache`` (run by ``binder/postBuild``) calls it.
     """
+    import importlib.util
     import time
 
     from .manifold import fit_projection, vocab_stats
@@ -161,12 +164,14 @@ def prewarm(lm=None, model: str = "auto", size: Size | None = None, umap: bool =
         from .frozen_lm import FrozenLM
 
         lm = FrozenLM.load(model)
+    if umap is None:
+        umap = importlib.util.find_spec("umap") is not None
     E, strings = lm.embedding.detach(), lm.token_strings
     vocab_stats(E, lm.name, subset=size.stats_subset)
     fit_projection(E, strings, lm.name, subset=size.map_subset)
     if umap:
         fit_projection(E, strings, lm.name, method="umap", subset=size.umap_subset, n_epochs=size.umap_epochs)
-    return {"model": lm.name, "seconds": round(time.perf_counter() - start, 1)}
+    return {"model": lm.name, "umap": bool(umap), "seconds": round(time.perf_counter() - start, 1)}
 
 
 def on_colab() -> bool:
@@ -180,22 +185,3 @@ __all__ = ["REPO", "BRANCH", "NOTEBOOK_DIR", "NOTEBOOK_GLOB", "SIZE_ENV", "Size"
            "size_fields", "colab_url", "binder_url", "badges_markdown", "pip_spec", "notebook_path", "notebooks_dir",
            "notebook_files", "prewarm", "on_colab"]
 
-
-def main(argv=None) -> int:
-    """``python -m ptuning_lab.course prewarm [--model M] [--size ci]``: fill the caches the notebooks use."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m ptuning_lab.course", description=main.__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
-    sp = sub.add_parser("prewarm", help="Load the model and cache the vocabulary statistics and maps.")
-    sp.add_argument("--model", default="auto", help="'auto', 'smollm2-135m', 'gpt2', a hub id or a path.")
-    sp.add_argument("--size", default=None, help=f"lesson or ci (default: {SIZE_ENV}, else lesson).")
-    sp.add_argument("--no-umap", action="store_true", help="Skip the UMAP map of notebook 01.")
-    args = ap.parse_args(argv)
-    info = prewarm(model=args.model, size=size(args.size), umap=not args.no_umap)
-    print(f"course caches warm for {info['model']} ({info['seconds']} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -613,56 +613,5 @@ def save_imported(imported: ImportedPrompt, out_dir, lm=None, overwrite: bool = 
     return out
 
 
-# ============================================================================ command line
-def cmd_export_peft(args) -> int:
-    from .frozen_lm import FrozenLM
-
-    run = ckpt.load_run(args.run)
-    model = args.model or run.config.get("model") or "auto"
-    lm = FrozenLM.load(model, device=args.device, verbose=False)
-    out = export_peft(run, args.out, _default_base(lm.name) if args.model else None, lm=lm,
-                      peft_type=args.peft_type, overwrite=args.overwrite)
-    info = json.loads((out / INFO_FILE).read_text())
-    print(f"wrote a PEFT {info['peft_type']} adapter to {out} ({info['why_this_peft_type']})")
-    print(f"PEFT input text: {info['input_text_format']!r}   ([X] = the input; keep the leading space)")
-    print("load it with: PeftModel.from_pretrained(base_model, " + repr(str(out)) + ")")
-    return 0
-
-
-def cmd_import_peft(args) -> int:
-    from .frozen_lm import FrozenLM
-
-    imported = import_peft(args.adapter)
-    model = args.model or imported.config.get("model") or "auto"
-    lm = FrozenLM.load(model, device=args.device, verbose=False)
-    imported.check_model(lm)
-    out = save_imported(imported, args.out, lm=lm, overwrite=args.overwrite)
-    print(f"imported a {imported.peft_config.get('peft_type')} prompt ({imported.num_virtual_tokens} virtual "
-          f"tokens, width {imported.prompt.shape[1]}) into {out}; try: ptuning-lab decode {out}")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    """Register ``export-peft`` and ``import-peft`` on the ``ptuning-lab`` sub-command parser."""
-    def common(sp, model_help):
-        sp.add_argument("--model", default=None, help=model_help)
-        sp.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available).")
-        sp.add_argument("--overwrite", action="store_true", help="Replace an existing OUT directory.")
-
-    sp = subparsers.add_parser("export-peft", help="Write a run's prompt as a Hugging Face PEFT adapter.")
-    sp.add_argument("run", help="A run directory (its template must have all [P] first).")
-    sp.add_argument("out", help="Adapter directory to write.")
-    common(sp, "Base model PEFT should use, and to check against (default: the run's model).")
-    sp.add_argument("--peft-type", default="auto", choices=PEFT_TYPES,
-                    help="auto: P-tuning when PEFT's encoder matches ours, else prompt tuning (same logits).")
-    sp.set_defaults(func=cmd_export_peft)
-
-    sp = subparsers.add_parser("import-peft", help="Turn a PEFT P-tuning / prompt-tuning adapter into a run directory.")
-    sp.add_argument("adapter", help="Directory written by PeftModel.save_pretrained.")
-    sp.add_argument("out", help="Run directory to write (then: ptuning-lab decode OUT).")
-    common(sp, "The adapter's base model (default: the one it records, else auto).")
-    sp.set_defaults(func=cmd_import_peft)
-
-
 __all__ = ["PeftExportError", "PeftImportError", "ImportedPrompt", "export_peft", "import_peft", "save_imported",
-           "peft_input_format", "peft_input_text", "peft_batch", "peft_model_for_training", "add_cli"]
+           "peft_input_format", "peft_input_text", "peft_batch", "peft_model_for_training"]

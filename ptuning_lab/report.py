@@ -129,7 +129,7 @@ def write_report(out: Path, *, lm=None, summary: Sequence[dict], rows: Sequence[
         out: the ``compare`` output directory (runs are read from ``out/<task>/<encoder>-seed<k>``).
         lm: the :class:`ptuning_lab.frozen_lm.FrozenLM` the runs were trained on (the map and the
             nearest tokens need its embedding; without it they are left out).
-        summary, rows: what :func:`ptuning_lab.cli.run_compare` computed (``summary.json``).
+        summary, rows: what :func:`ptuning_lab.experiments.compare` computed (``summary.json``).
         projection: a fitted :class:`ptuning_lab.manifold.VocabProjection` (default: the model's
             cached PCA map, ``fit_projection(lm.embedding, lm.token_strings, model_id=lm.name)``).
     Figures, in order: comparison bars; then per task: training curves, vocabulary map (the

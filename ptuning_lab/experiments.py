@@ -1,0 +1,266 @@
+"""Experiments: train one run, compare methods over seeds, score the manual prompt.
+
+What the notebooks, the benchmarks, the report and the command line call. Each function returns a
+typed result; the metrics are the same dicts the run directories hold (``metrics.json``,
+``summary.json``), so a number in a notebook is the number on disk.
+
+    >>> import ptuning_lab as pl
+    >>> lm, task = pl.FrozenLM.load(), pl.load_task("capital")
+    >>> pl.default_template(task.template)             # "[P]*3 The capital of [X] is [P]*3"
+    >>> run = pl.train_one(lm, task, encoder="mlp", train={"max_steps": 40})     # doctest: +SKIP
+    >>> run.metrics["test_p_at_1"], run.prompt.shape                              # doctest: +SKIP
+    (0.61, torch.Size([6, 576]))
+    >>> result = pl.compare(lm, [task], ["mlp", "direct"], seeds=3, train={"max_steps": 40},
+    ...                     out="runs/compare")                                  # doctest: +SKIP
+    >>> result.summary[0]["test_p_at_1"], result.summary[0]["test_p_at_1_std"]   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from . import checkpoint as ckpt
+from . import distributed
+from .templates import Template
+from .trainer import TrainConfig, TrainResult
+
+DEFAULT_VIRTUAL = 3
+
+
+def default_template(manual: str, num_virtual_tokens: int = DEFAULT_VIRTUAL) -> str:
+    """The hybrid P-tuning template: virtual tokens before and after the manual words.
+
+    ``"The capital of [X] is"`` -> ``"[P]*3 The capital of [X] is [P]*3"``.
+    """
+    return f"[P]*{num_virtual_tokens} {manual} [P]*{num_virtual_tokens}"
+
+
+def default_init(template: str) -> str:
+    """Start the prompt from the template's own words: ``"text:The capital of is"``.
+
+    Random vectors placed next to the prediction position derail a small model at step 0 (dev loss
+    rises from ~4 to ~11 on 'capital'); starting from real words keeps the manual prompt's knowledge.
+    """
+    words = Template.parse(template).manual_text().replace("[X]", " ").split()
+    return "text:" + (" ".join(words) if words else "the")
+
+
+@dataclass
+class RunResult:
+    """One trained run: its metrics (exactly what ``metrics.json`` holds) and what the trainer produced.
+
+    ``prompt`` is the best-dev prompt, (num_virtual_tokens, hidden_size) for input-layer methods;
+    ``history`` holds the training losses and dev scores (``{"train": [...], "eval": [...]}``).
+    """
+
+    metrics: dict = field(metadata={"help": "task, encoder, seed, template, test/dev scores, params, steps, ..."})
+    train_result: TrainResult = field(metadata={"help": "The Trainer's result: encoder, prompt, history, snapshots."})
+    init: str = field(default="", metadata={"help": "The init the prompt encoder started from (after 'auto')."})
+    out: Path | None = field(default=None, metadata={"help": "The run directory written, or None."})
+
+    @property
+    def prompt(self) -> torch.Tensor:
+        return self.train_result.prompt
+
+    @property
+    def history(self) -> dict:
+        return self.train_result.history
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        return self.train_result.encoder
+
+    @property
+    def template(self) -> str:
+        return self.metrics["template"]
+
+
+@dataclass
+class CompareResult:
+    """A comparison: one metrics row per run (manual baselines included) and their mean/std per method.
+
+    ``rows`` and ``summary`` are what ``summary.json`` holds; ``runs`` maps ``(task, encoder, seed)``
+    to each trained :class:`RunResult` (the manual baselines train nothing, so they have no entry).
+    """
+
+    rows: list[dict]
+    summary: list[dict]
+    runs: dict[tuple[str, str, int], RunResult] = field(default_factory=dict)
+    out: Path | None = None
+
+
+def _train_config(train, seed: int) -> TrainConfig:
+    """``train`` (None, a dict of TrainConfig fields, or a TrainConfig) with ``seed`` as its seed."""
+    if train is None:
+        return TrainConfig(seed=seed)
+    if isinstance(train, TrainConfig):
+        if train.seed not in (seed, TrainConfig.seed):
+            raise ValueError(f"train has seed={train.seed} but train_one got seed={seed}; pass the seed once, "
+                             "as train_one(..., seed=...).")
+        return dataclasses.replace(train, seed=seed)
+    train = dict(train)
+    if "seed" in train:
+        raise ValueError("pass the seed as train_one(..., seed=...), not inside train.")
+    return TrainConfig(seed=seed, **train)
+
+
+def train_one(lm, task, *, encoder: str = "mlp", template: str | None = None, init: str = "auto", seed: int = 0,
+              train: dict | TrainConfig | None = None, out=None, resume: bool = False, progress: bool = True,
+              encoder_config=None, callbacks: Iterable = ()) -> RunResult:
+    """Train one prompt encoder on one task, score it on the test split; write the run dir when ``out``.
+
+    Args:
+        encoder: the method, ``"mlp"``, ``"lstm"``, ``"direct"`` or ``"prefix"``.
+        template: with [P] and [X] (default :func:`default_template` of the task's manual template). For
+            ``"prefix"`` the [P] count sets the virtual tokens and the [P]s are dropped.
+        init: ``"auto"`` (:func:`default_init`: the template's own words), ``"random"``, ``"vocab"``,
+            or ``"text:some words"``.
+        seed: the encoder's initialisation and the data order (``TrainConfig.seed``).
+        train: :class:`TrainConfig` or a dict of its fields (``{"max_steps": 40, "lr": 3e-3}``).
+        out: run directory (config, prompt, history and ``metrics.json``); None writes nothing.
+    """
+    from .encoders import build_encoder
+    from .evaluation import evaluate
+    from .trainer import Trainer
+
+    template = template or default_template(task.template)
+    n = Template.parse(template).validate(need_virtual=True).num_virtual_tokens
+    extra = {}
+    if encoder == "prefix":
+        # prefix tuning puts its virtual tokens in every layer's keys/values, not at [P] slots: the template's
+        # [P] count is its num_virtual_tokens and the [P]s are dropped, so one template serves every method
+        template, extra = Template.parse(template).manual_text(), {"lm": lm}
+    init = default_init(template) if init == "auto" else init
+    config = _train_config(train, seed)
+    prompt_encoder = build_encoder(encoder, n, lm.embedding.detach(), init=init, tokenize=lm.tokenize, seed=seed,
+                                   config=encoder_config, **extra)
+    out = Path(out) if out is not None else None
+    trainer = Trainer(lm, prompt_encoder, task, template, config, out_dir=out, progress=progress,
+                      callbacks=callbacks, run_config={"task": task.name, "init": init})
+    result = trainer.fit(resume=resume)
+    prompt = result.prompt.to(lm.device)       # test split shared out across the ranks under a launch
+    test = trainer.dist.evaluate(lambda examples: evaluate(lm, template, examples, prompt, answers=task.answers),
+                                 task.test)
+    metrics = {"task": task.name, "encoder": encoder, "seed": seed, "template": template,
+               "test_p_at_1": test["p_at_1"], "test_candidate_accuracy": test["candidate_accuracy"],
+               "dev_p_at_1": result.best_dev.get("p_at_1"),
+               "trainable_params": prompt_encoder.num_trainable_parameters(),
+               "train_seconds": round(result.seconds, 2), "steps": trainer.step, "best_step": result.best_step,
+               "stopped": result.stopped}
+    if out and trainer.dist.is_main_process:
+        ckpt.write_json(out / "metrics.json", metrics)
+    return RunResult(metrics=metrics, train_result=result, init=init, out=out)
+
+
+def baseline(lm, task) -> dict:
+    """The manual prompt's test metrics (the row ``encoder="manual"`` of a comparison; nothing trains)."""
+    from .evaluation import evaluate
+
+    test = evaluate(lm, task.template, task.test, answers=task.answers)
+    return {"task": task.name, "encoder": "manual", "template": task.template, "test_p_at_1": test["p_at_1"],
+            "test_candidate_accuracy": test["candidate_accuracy"], "trainable_params": 0}
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+    """Group per (task, encoder): mean and sample std (n - 1) of the test metrics across seeds."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["encoder"]), []).append(r)
+    out = []
+    for (task, enc), rs in groups.items():
+        p, p_sd = _mean_std([r["test_p_at_1"] for r in rs])
+        c, c_sd = _mean_std([r["test_candidate_accuracy"] for r in rs])
+        s, _ = _mean_std([r.get("train_seconds") for r in rs])
+        out.append({"task": task, "encoder": enc, "seeds": len(rs), "test_p_at_1": p, "test_p_at_1_std": p_sd,
+                    "test_candidate_accuracy": c, "test_candidate_accuracy_std": c_sd,
+                    "trainable_params": rs[0]["trainable_params"], "train_seconds": s})
+    return out
+
+
+def prepare_out_dir(out, overwrite: bool = False, resume: bool = False) -> Path:
+    """Make ``out`` ready for a run; a directory holding files is refused unless ``overwrite`` or ``resume``.
+
+    Raises FileExistsError before anything is touched. Under a launch only the main process clears it.
+    """
+    out = Path(out)
+    busy = out.exists() and any(out.iterdir()) and not resume
+    distributed.wait_for_everyone()          # every rank has looked before the directory is cleared
+    if busy:
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds files (another run?). Choose another directory, pass "
+                                  "overwrite=True to replace it, or resume=True to continue it.")
+        if distributed.is_main_process():
+            shutil.rmtree(out)
+    distributed.wait_for_everyone()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _plain_report(summary, model_name) -> str:
+    import html
+
+    body = "".join(f"<tr>{''.join(f'<td>{html.escape(str(v))}</td>' for v in r.values())}</tr>" for r in summary)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in (summary[0] if summary else {}))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ptuning_lab report</title></head><body>"
+            f"<h1>ptuning_lab comparison ({html.escape(model_name)})</h1><table>{head}{body}</table></body></html>")
+
+
+def _print_now(line: str) -> None:
+    print(line, flush=True)            # a long comparison reports each run as it finishes
+
+
+def compare(lm, tasks, encoders: Sequence[str], seeds: int | Sequence[int], train: dict | TrainConfig | None,
+            out, template: str | None = None, init: str = "auto", progress: bool = True, overwrite: bool = False,
+            log: Callable[[str], None] | None = None) -> CompareResult:
+    """The manual baseline, then each encoder x seed on each task; writes summary.json and report.html.
+
+    Args:
+        seeds: how many seeds (``3`` -> seeds 0, 1, 2) or the seeds themselves (``[0, 5]``).
+        train, template, init: as :func:`train_one`, the same for every run.
+        out: the comparison directory; run ``k`` of an encoder lands in ``out/<task>/<encoder>-seed<k>/``.
+            A directory that already holds files is refused unless ``overwrite=True``.
+        log: receives one line per finished run (default: print it at once; ``log=lambda line: None``: silent).
+    """
+    log = log or _print_now
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    out = prepare_out_dir(out, overwrite=overwrite)
+    rows, runs = [], {}
+    for task in tasks:
+        rows.append(baseline(lm, task))
+        for enc in encoders:
+            for seed in seeds:
+                run_dir = prepare_out_dir(out / task.name / f"{enc}-seed{seed}", overwrite=True)
+                run = train_one(lm, task, encoder=enc, template=template, init=init, seed=seed, train=train,
+                                out=run_dir, progress=progress)
+                runs[(task.name, enc, seed)] = run
+                rows.append(run.metrics)
+                log(f"  {task.name:<10} {enc:<7} seed {seed}: test P@1 {run.metrics['test_p_at_1']:.3f} "
+                    f"({run.metrics['train_seconds']:.0f} s)")
+    result = CompareResult(rows=rows, summary=summarize(rows), runs=runs, out=out)
+    if not distributed.is_main_process():       # under a launch the main process writes summary and report
+        return result
+    ckpt.write_json(out / "summary.json", {"model": lm.name, "rows": rows, "summary": result.summary})
+    try:
+        from .report import write_report
+
+        write_report(out, lm=lm, summary=result.summary, rows=rows)
+    except ImportError:                          # plotly missing: the table alone
+        ckpt.write_text(out / "report.html", _plain_report(result.summary, lm.name))
+    return result
+
+
+__all__ = ["DEFAULT_VIRTUAL", "RunResult", "CompareResult", "default_template", "default_init", "train_one",
+           "baseline", "summarize", "compare", "prepare_out_dir"]
