@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     import torch
 
     from ptuning_lab import figures as F
-    from ptuning_lab.cli import baseline_metrics, summarize, train_one
+    from ptuning_lab.experiments import baseline, summarize, train_one
     from ptuning_lab.frozen_lm import FrozenLM
     from ptuning_lab.manifold import fit_projection, vocab_stats
     from ptuning_lab.tasks import load_task
@@ -111,21 +111,21 @@ def main(argv=None) -> int:
     task = load_task(args.task, max_examples=args.max_examples)
     print(f"model {lm.name}, task {task.summary()}", flush=True)
     t = time.perf_counter()
-    rows, results, trajectories = [baseline_metrics(lm, task)], {}, {}
+    rows, results, trajectories = [baseline(lm, task)], {}, {}
     print(f"  manual  test P@1 {rows[0]['test_p_at_1']:.3f} ({time.perf_counter() - t:.0f} s)", flush=True)
     for enc in [e.strip() for e in args.encoders.split(",") if e.strip()]:
         t = time.perf_counter()
         keep = snapshot_keeper()
-        m = train_one(lm, task, encoder_name=enc, template=None, init="auto", seed=0, progress=False,
-                      callbacks=[keep],
-                      train_kwargs={"max_steps": args.steps, "batch_size": args.batch_size,
-                                    "eval_every": max(1, args.steps // 4), "snapshot_every": max(1, args.steps // 10),
-                                    "lr": 1e-2})
-        results[enc] = m.pop("_result")
+        run = train_one(lm, task, encoder=enc, template=None, init="auto", seed=0, progress=False,
+                        callbacks=[keep],
+                        train={"max_steps": args.steps, "batch_size": args.batch_size,
+                               "eval_every": max(1, args.steps // 4), "snapshot_every": max(1, args.steps // 10),
+                               "lr": 1e-2})
+        results[enc] = run
         trajectories[enc] = (keep.steps, torch.stack(keep.prompts))
-        rows.append(m)
-        print(f"  {enc:<7} {args.steps} steps in {time.perf_counter() - t:.0f} s: test P@1 {m['test_p_at_1']:.3f}, "
-              f"dev P@1 {m['dev_p_at_1']:.3f}", flush=True)
+        rows.append(run.metrics)
+        print(f"  {enc:<7} {args.steps} steps in {time.perf_counter() - t:.0f} s: test P@1 "
+              f"{run.metrics['test_p_at_1']:.3f}, dev P@1 {run.metrics['dev_p_at_1']:.3f}", flush=True)
 
     E = lm.embedding.detach()
     projection = fit_projection(E, lm.token_strings, model_id=lm.name)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ptuning_lab.cli import default_template, run_compare
+from ptuning_lab.experiments import compare, default_template
 from ptuning_lab.evaluation import macro_average
 from ptuning_lab.frozen_lm import FrozenLM
 from ptuning_lab.tasks import load_task
@@ -66,17 +66,19 @@ def main(argv=None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     start = time.perf_counter()
     out = Path(args.out)
-    res = {"summary": []}
+    summary = []
     for task in tasks:     # one task at a time so a long suite reports as it goes
-        r = run_compare(lm, [task], methods, args.seeds,
-                        {"lr": args.lr, "max_steps": args.max_steps, "eval_every": args.eval_every},
-                        out / task.name, template=default_template(task.template, args.virtual), progress=False)
-        res["summary"].extend(r["summary"])
+        # overwrite: out/<task> is this suite's own output of an earlier run
+        result = compare(lm, [task], methods, args.seeds,
+                         {"lr": args.lr, "max_steps": args.max_steps, "eval_every": args.eval_every},
+                         out / task.name, template=default_template(task.template, args.virtual), progress=False,
+                         overwrite=True)
+        summary.extend(result.summary)
     seconds = time.perf_counter() - start
     names = [t.name for t in tasks]
-    table = markdown(res["summary"], names, methods)
+    table = markdown(summary, names, methods)
     per_method = {m: macro_average({t: r for (t, mm), r in
-                                    {(r["task"], r["encoder"]): r for r in res["summary"]}.items() if mm == m},
+                                    {(r["task"], r["encoder"]): r for r in summary}.items() if mm == m},
                                    "test_p_at_1") for m in ["manual", *methods]}
     best = max(methods, key=lambda m: per_method[m])
     gain = per_method[best] - per_method["manual"]

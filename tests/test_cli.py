@@ -5,15 +5,21 @@ import pytest
 import torch
 
 from ptuning_lab import checkpoint as ckpt
-from ptuning_lab.cli import default_init, default_template, main
+from ptuning_lab.cli import build_parser, main
 
 
 COMMON = ["--max-examples", "30", "--device", "cpu"]
 
 
-def test_defaults_read_the_manual_template():
-    assert default_template("The capital of [X] is") == "[P]*3 The capital of [X] is [P]*3"
-    assert default_init("[P]*3 The capital of [X] is [P]*3") == "text:The capital of is"
+def test_help_lists_every_command_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    commands = ["baseline", "train", "compare", "demo", "decode", "warm-cache", "export-peft", "import-peft"]
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("    ") and line.split()]
+    assert listed == commands
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert list(sub.choices) == commands
 
 
 def test_baseline_prints_metrics(tiny_model_dir, capsys):

@@ -107,10 +107,11 @@ def test_postbuild_is_executable_and_its_commands_exist():
     assert text.startswith("#!/bin/bash") and "set -euo pipefail" in text
     assert os.access(post, os.X_OK), "chmod +x binder/postBuild (repo2docker runs it directly)"
     assert "pip install --no-cache-dir -e ." in text
-    assert "FrozenLM.load('smollm2-135m'" in text
-    # the warm-cache command it runs must exist in the CLI
-    warm = re.search(r"python -m ptuning_lab\.cli (.+)", text).group(1).split()
+    # the warm-cache command it runs (model conversion, statistics, maps) must exist in the CLI
+    warm = re.search(r"^ptuning-lab (.+)$", text, re.M).group(1).split()
     from ptuning_lab.cli import build_parser
 
     args = build_parser().parse_args(warm)
-    assert args.command == "warm-cache" and args.model == "smollm2-135m"
+    assert args.command == "warm-cache" and args.model == "smollm2-135m" and args.size == "lesson"
+    assert not args.no_umap                     # the UMAP map of notebook 01 is part of the image
+    assert "python -m ptuning_lab.course" not in text

@@ -1,6 +1,5 @@
 """PEFT interoperability against the real ``peft`` package: export -> PeftModel gives our logits,
 PEFT-trained adapters import with their exact prompt, and what cannot be exported is refused."""
-import argparse
 import copy
 import json
 import warnings
@@ -14,7 +13,7 @@ from conftest import make_tiny_lm  # noqa: E402
 from ptuning_lab import checkpoint as ckpt  # noqa: E402
 from ptuning_lab.encoders import build_encoder  # noqa: E402
 from ptuning_lab.peft_interop import (ENCODER_FILE, INFO_FILE, ImportedPrompt, PeftExportError,  # noqa: E402
-                                      PeftImportError, add_cli, export_peft, import_peft, peft_batch,
+                                      PeftImportError, export_peft, import_peft, peft_batch,
                                       peft_input_format, peft_input_text, peft_model_for_training, save_imported)
 from ptuning_lab.tasks import Example, Task  # noqa: E402
 from ptuning_lab.trainer import TrainConfig, Trainer  # noqa: E402
@@ -326,14 +325,12 @@ def test_prompt_tuning_adapter_decodes_to_its_tokens_and_becomes_a_run(lm, tiny_
     assert torch.equal(run.prompt, imported.prompt) and torch.equal(run.encoder()(), imported.prompt)
     run.check_model(lm)
     # the command line: import-peft then decode
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["import-peft", str(tmp_path / "adapter"), str(tmp_path / "cli-run"),
-                              "--model", tiny_model_dir, "--device", "cpu"])
-    assert args.func(args) == 0
     from ptuning_lab.cli import main
 
     capsys.readouterr()
+    assert main(["import-peft", str(tmp_path / "adapter"), str(tmp_path / "cli-run"),
+                 "--model", tiny_model_dir, "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("imported a PROMPT_TUNING prompt (3 virtual tokens, width 32) into ")
     assert main(["decode", str(tmp_path / "cli-run"), "--model", tiny_model_dir, "--device", "cpu", "-k", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     cosine_top1 = [line.split()[1] for line in lines if line.strip().startswith("cosine")]
@@ -343,11 +340,10 @@ def test_prompt_tuning_adapter_decodes_to_its_tokens_and_becomes_a_run(lm, tiny_
 @torch.no_grad()
 def test_round_trip_ours_peft_ours(runs, lm, tiny_model_dir, tmp_path, capsys):
     run = ckpt.load_run(runs["mlp-residual"])
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["export-peft", str(runs["mlp-residual"]), str(tmp_path / "adapter"),
-                              "--model", tiny_model_dir, "--device", "cpu"])
-    assert args.func(args) == 0
+    from ptuning_lab.cli import main
+
+    assert main(["export-peft", str(runs["mlp-residual"]), str(tmp_path / "adapter"),
+                 "--model", tiny_model_dir, "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "PROMPT_TUNING" in printed and "' The capital of [X] is'" in printed
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())[

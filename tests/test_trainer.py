@@ -263,7 +263,7 @@ def test_killed_writer_process_leaves_previous_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_short_real_run_improves_dev_p_at_1(embedded_lm):
-    from ptuning_lab.cli import default_template
+    from ptuning_lab.experiments import default_template
     from ptuning_lab.tasks import load_task
 
     task = load_task("capital", seed=0)
