@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from . import distributed
-from . import experiments
+from . import course, distributed, experiments
 
 
 # ---------------------------------------------------------------- building blocks
@@ -143,8 +142,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_warm_cache(args) -> int:
-    from . import course
-
     lm = load_lm(args)                          # converts the embedded model to safetensors on its first load
     size = course.size(args.size)
     info = course.prewarm(lm, size=size, umap=False if args.no_umap else None)
@@ -252,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("warm-cache", help="Prepare the model and the maps the lessons load.")
     common(sp)
-    sp.add_argument("--size", default=None, help="lesson or ci: the subsets the notebooks use (default: "
-                    "PTUNING_LAB_SIZE, else lesson).")
+    sp.add_argument("--size", default=None, choices=list(course.SIZES), help="The subsets the notebooks use "
+                    "(default: PTUNING_LAB_SIZE, else lesson).")
     sp.add_argument("--no-umap", action="store_true", help="Skip the UMAP map of notebook 01 (fitted when "
                     "umap-learn is installed).")
     sp.set_defaults(func=cmd_warm_cache)

@@ -46,3 +46,19 @@ def test_peak_rss_counts_this_process_only(vs_peft):
     # ru_maxrss would start from the parent's peak (this test process: over a GB after the model
     # tests) and hide the block; the child's own high-water mark shows it
     assert end - start >= 250
+
+
+def test_probe_suite_table_shows_the_comparison_it_wrote(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """benchmarks/probe_suite.py through ptuning_lab.experiments.compare: its table is summary.json's numbers."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import probe_suite
+
+    args = ["--model", tiny_model_dir, "--device", "cpu", "--tasks", "capital", "--methods", "direct", "--seeds", "2",
+            "--max-steps", "1", "--eval-every", "1", "--out", str(tmp_path / "runs"), "--table", str(tmp_path / "t.md")]
+    for _ in range(2):                          # a second run replaces the suite's own earlier output
+        assert probe_suite.main(args) == 0
+    summary = {r["encoder"]: r for r in json.loads((tmp_path / "runs" / "capital" / "summary.json").read_text())["summary"]}
+    table = (tmp_path / "t.md").read_text()
+    assert f"| manual | {summary['manual']['test_p_at_1']:.2f} |" in table
+    assert (f"| direct | {summary['direct']['test_p_at_1']:.2f} ± {summary['direct']['test_p_at_1_std']:.2f} |"
+            in table) and summary["direct"]["seeds"] == 2

@@ -1,5 +1,6 @@
 """The ptuning-lab command line end to end, on a tiny GPT-2 saved to disk (loaded with --model PATH)."""
 import json
+import re
 
 import pytest
 import torch
@@ -11,13 +12,15 @@ from ptuning_lab.cli import build_parser, main
 COMMON = ["--max-examples", "30", "--device", "cpu"]
 
 
-def test_help_lists_every_command_once(capsys):
+def test_help_lists_every_command_once(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")                   # a plain terminal: each command still fits one line
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
     commands = ["baseline", "train", "compare", "demo", "decode", "warm-cache", "export-peft", "import-peft"]
-    listed = [line.split()[0] for line in text.splitlines() if line.startswith("    ") and line.split()]
-    assert listed == commands
+    entries = [re.match(r"^    (\S+)(.*)$", line) for line in text.splitlines()]
+    assert [m[1] for m in entries if m] == commands
+    assert all(m[2].strip() for m in entries if m), "a command's help wrapped onto a second line"
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert list(sub.choices) == commands
 
@@ -124,3 +127,19 @@ def test_names_are_checked_before_the_model_loads_or_anything_trains(tmp_path, c
     assert main(["train", "--task", "capitol", "--model", missing_model, "--out", str(tmp_path / "t"), *COMMON]) == 2
     assert "Did you mean 'capital'?" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_warm_cache_fills_the_caches_the_lessons_read(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from ptuning_lab import course
+
+    monkeypatch.setenv("PTUNING_LAB_CACHE", str(tmp_path))
+    assert main(["warm-cache", "--model", tiny_model_dir, "--size", "ci", "--no-umap", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("cache warm for ")
+    assert len(list((tmp_path / "manifold").iterdir())) == 2           # the statistics and the PCA map
+    # what each flag asks course.prewarm for: the lesson size by default, UMAP when umap-learn is installed
+    calls = []
+    monkeypatch.setattr(course, "prewarm", lambda lm, size, umap: calls.append((size.name, umap)) or {"umap": True})
+    monkeypatch.delenv(course.SIZE_ENV, raising=False)
+    for flags in ([], ["--size", "ci"], ["--no-umap"]):
+        assert main(["warm-cache", "--model", tiny_model_dir, "--device", "cpu", *flags]) == 0
+    assert calls == [("lesson", None), ("ci", None), ("lesson", False)]
