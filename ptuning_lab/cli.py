@@ -288,6 +288,8 @@ def cmd_warm_cache(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptuning-lab", description=__doc__.splitlines()[0])
+    from ._version import __version__
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
