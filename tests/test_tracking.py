@@ -139,9 +139,15 @@ def test_wandb_runs_offline_under_the_run_directory(tokenizer, tmp_path, monkeyp
     out = tmp_path / "run"
     cb = tracking.callback_for("wandb", out)
     enc = build_encoder("direct", 3, lm.embedding.detach(), init="vocab", seed=0)
-    Trainer(lm, enc, direction_task(), "[P][P] Direction of [X] is [P]",
-            TrainConfig(lr=1e-2, batch_size=4, max_steps=3, eval_every=3), callbacks=[cb], out_dir=out,
-            progress=False).fit()
+    trainer = Trainer(lm, enc, direction_task(), "[P][P] Direction of [X] is [P]",
+                      TrainConfig(lr=1e-2, batch_size=4, max_steps=3, eval_every=3), callbacks=[cb], out_dir=out,
+                      progress=False)
+    trainer.fit()
+    run = cb.tracker.run
+    assert run.settings.mode == "offline"
+    assert run.config["train/lr"] == 1e-2 and run.config["encoder/method"] == "direct"
+    # W&B commits a step's row when the next step arrives: by now the summary holds step 2's loss
+    assert run.summary["train/loss"] == trainer.history["train"][1]["loss"]
     cb.finish({"test_p_at_1": 0.25})
     runs = glob.glob(str(out / "wandb" / "offline-run-*"))
     assert len(runs) == 1 and glob.glob(f"{runs[0]}/*.wandb")
