@@ -20,7 +20,7 @@ from .tasks import TASK_NAMES, Example, Task, TaskError, load_task
 from .templates import Template, TemplateError
 from .trainer import Callback, TrainConfig, Trainer, TrainResult
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Batch", "Callback", "CheckpointError", "DirectConfig", "EMBEDDED_NAME", "EncoderError", "Example",

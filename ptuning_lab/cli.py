@@ -184,6 +184,8 @@ def cmd_import_peft(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptuning-lab", description="P-tuning from the command line: probe, train, "
                                 "compare and inspect prompts. `ptuning-lab <command> --help` lists its options.")
+    from ._version import __version__
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
