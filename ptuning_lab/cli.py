@@ -73,7 +73,7 @@ def train_one(lm, task, *, encoder_name: str, template: str | None, init: str, s
               out: Path | None = None, resume: bool = False, progress: bool = True, encoder_config=None,
               callbacks=()) -> dict:
     """Train one encoder on one task; return its metrics dict (and write the run dir when ``out``)."""
-    from .encoders import build_encoder
+    from .prompts import build_encoder
     from .evaluation import evaluate
     from .templates import Template
     from .trainer import TrainConfig, Trainer
@@ -165,7 +165,7 @@ def _train_kwargs(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .encoders import check_method
+    from .prompts import check_method
 
     check_method(args.encoder, allow_prefix=True)      # typos fail at once, before the model loads
     task = load_task_arg(args)
@@ -219,7 +219,7 @@ def _plain_report(summary, model_name) -> str:
 
 
 def cmd_compare(args) -> int:
-    from .encoders import check_method
+    from .prompts import check_method
     from .tasks import load_task
 
     # every name is checked before anything trains: a typo in the last encoder must not cost the first runs
@@ -242,7 +242,7 @@ def cmd_decode(args) -> int:
 
     run = ckpt.load_run(args.run)
     if run.config["encoder"].get("method") == "prefix":      # K/V prefixes: nothing to decode; show their norms
-        from .prefix import NOT_IN_VOCAB_SPACE, format_prefix_norms, prefix_from_run
+        from .prompts import NOT_IN_VOCAB_SPACE, format_prefix_norms, prefix_from_run
 
         print(f"{args.run}: {NOT_IN_VOCAB_SPACE}\n\n{format_prefix_norms(prefix_from_run(run))}")
         return 0
@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .encoders import EncoderError
+    from .prompts import EncoderError
     from .models import ModelLoadError
     from .tasks import TaskError
     from .templates import TemplateError
