@@ -50,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ptuning_lab.encoders import LSTMConfig, MLPConfig, build_encoder  # noqa: E402
+from ptuning_lab.fast import FastConfig  # noqa: E402
+from ptuning_lab.prompts import LSTMConfig, MLPConfig, build_encoder  # noqa: E402
 from ptuning_lab.frozen_lm import FrozenLM  # noqa: E402
 from ptuning_lab.tasks import Example, Task  # noqa: E402
 from ptuning_lab.trainer import Callback, TrainConfig, Trainer  # noqa: E402
@@ -158,21 +159,20 @@ class Ours:
         n = args.virtual_tokens
         cfg = ours_config(method, lm) if encoder_config == "peft" else None
         enc = build_encoder(method, n, lm.embedding.detach(), init=init, tokenize=lm.tokenize, seed=0, config=cfg)
+        # a GPU holds the whole prefix cache of the data set
+        settings = FastConfig(max_cache_mb=max(FastConfig().max_cache_mb, 8192 if args.device == "cuda" else 0))
         self.trainer = Trainer(lm, enc, task, template,
                                TrainConfig(lr=LR, batch_size=args.batch_size, max_steps=10_000, fast=fast),
-                               progress=False)
-        self.task, self.lm = task, lm
-        fast = self.trainer.fast
-        if fast is not None:
+                               progress=False, fast=settings if fast else None)
+        self.task, self.lm, self.wants_fast = task, lm, fast
+        if fast:
             # tokenize once, as the PEFT side does; measure the steady state of a multi-epoch run: the
             # prefix cache filled (the first epoch's extra work is in the time to accuracy)
-            fast.config.max_cache_mb = max(fast.config.max_cache_mb, 8192 if args.device == "cuda" else 0)
             inputs = [ex.input for ex in task.train + task.dev]
-            fast._sequences(inputs)
             with torch.no_grad(), autocast(args):
                 prompt = self.trainer.current_prompt()
                 for i in range(0, len(inputs), args.eval_batch_size):
-                    fast.last_logits(inputs[i:i + args.eval_batch_size], prompt)
+                    self.trainer.forward.last_logits(inputs[i:i + args.eval_batch_size], prompt)
 
     def tokens(self, examples) -> int:
         return sum(len(ids) for ids, _ in self.lm.sequences(self.trainer.template, [e.input for e in examples]))
@@ -183,7 +183,7 @@ class Ours:
 
     def evaluate(self):
         with autocast(self.args):
-            return self.trainer._score(self.task.dev[: self.args.eval_batch_size], self.trainer.current_prompt())
+            return self.trainer.score(self.task.dev[: self.args.eval_batch_size])
 
 
 class Peft:
@@ -507,8 +507,8 @@ def main(argv=None):
         print(f"{name:<24}{r['steps_per_s']:>9.2f}{r['tokens_per_s']:>11.0f}{r['eval_examples_per_s']:>11.1f}"
               f"{1000 * r['step_s']:>9.1f}{peak:>9}")
     for v in variants:
-        if isinstance(v, Ours) and v.trainer.fast is not None and not v.trainer.fast.active:
-            print(f"note: {v.name} ran on the plain path: {v.trainer.fast.fallback_reason}")
+        if isinstance(v, Ours) and v.wants_fast and not v.trainer.forward.uses_fast_path:
+            print(f"note: {v.name} ran on the plain path: {v.trainer.forward.fallback_reason}")
     for side, t in tta.items():
         if "error" in t:
             print(f"time to accuracy ({side}): failed: {t['error']}")

@@ -7,13 +7,13 @@
     >>> result = pl.Trainer(lm, enc, task, "[P]*3 The capital of [X] is [P]*3").fit()
 """
 from .checkpoint import CheckpointError, Run, load_run
-from .encoders import METHODS, DirectConfig, EncoderError, LSTMConfig, MLPConfig, PromptEncoder, build_encoder
+from .prompts import (METHODS, DirectConfig, EncoderError, LSTMConfig, MLPConfig, PrefixConfig, PrefixEncoder,
+                      PrefixKV, PromptEncoder, build_encoder, build_prefix_encoder, prefix_norms)
 from .evaluation import evaluate
 from .experiments import CompareResult, RunResult, baseline, compare, default_init, default_template, summarize, train_one
 from .frozen_lm import Batch, FrozenLM, readable_token
 from .manifold import (VocabProjection, decoded_f1, drift_metrics, drift_over_training, fit_projection,
                        metric_agreement, nearest_tokens, snap_report, snap_to_vocab, vocab_stats, waywardness_penalty)
-from .prefix import PrefixConfig, PrefixEncoder, PrefixKV, build_prefix_encoder, prefix_norms
 from .peft_interop import ImportedPrompt, PeftExportError, PeftImportError, export_peft, import_peft, save_imported
 from .models import EMBEDDED_NAME, ModelLoadError, load_model
 from .tasks import TASK_NAMES, Example, Task, TaskError, load_task
@@ -21,6 +21,15 @@ from .templates import Template, TemplateError
 from .trainer import Callback, TrainConfig, Trainer, TrainResult
 
 from ._version import __version__
+
+
+def __getattr__(name):
+    # pl.encoders and pl.prefix (compatibility modules re-exporting ptuning_lab.prompts) load on first use
+    if name in ("encoders", "prefix"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Batch", "Callback", "CheckpointError", "DirectConfig", "EMBEDDED_NAME", "EncoderError", "Example",

@@ -111,7 +111,7 @@ class Run:
 
     def encoder(self):
         """Rebuild the trained prompt encoder (weights loaded, eval mode)."""
-        from .encoders import encoder_from_config
+        from .prompts import encoder_from_config
 
         enc = encoder_from_config(self.config["encoder"], self.config["hidden_size"])
         enc.load_state_dict(self.encoder_state)
@@ -156,7 +156,7 @@ def load_run(path) -> Run:
     if "prompt" not in tensors:
         raise CheckpointError(f"{path / 'prompt.safetensors'} has no 'prompt' tensor: the checkpoint is partial.")
     n, d = config["encoder"]["num_virtual_tokens"], config["hidden_size"]
-    d = config["encoder"].get("prompt_width", d)   # K/V prefixes store (n, layers * 2 * kv width); see prefix.py
+    d = config["encoder"].get("prompt_width", d)   # K/V prefixes store (n, layers * 2 * kv width); see prompts/prefix.py
     if tuple(tensors["prompt"].shape) != (n, d):
         raise CheckpointError(f"the stored prompt has shape {tuple(tensors['prompt'].shape)} but config.json "
                               f"says ({n}, {d}): the run directory mixes two runs. Train again.")

@@ -72,7 +72,7 @@ def _train_kwargs(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .encoders import check_method
+    from .prompts import check_method
 
     check_method(args.encoder, allow_prefix=True)      # typos fail at once, before the model loads
     task = load_task_arg(args)
@@ -87,7 +87,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .encoders import check_method
+    from .prompts import check_method
     from .tasks import load_task
 
     # every name is checked before anything trains: a typo in the last encoder must not cost the first runs
@@ -108,9 +108,10 @@ def cmd_compare(args) -> int:
 def cmd_decode(args) -> int:
     from .manifold import decode_run
 
+    from .prompts import KEY_VALUE, NOT_IN_VOCAB_SPACE, format_prefix_norms, prefix_from_run, produces
+
     run = ckpt.load_run(args.run)
-    if run.config["encoder"].get("method") == "prefix":      # K/V prefixes: nothing to decode; show their norms
-        from .prefix import NOT_IN_VOCAB_SPACE, format_prefix_norms, prefix_from_run
+    if produces(run.config["encoder"].get("method")) == KEY_VALUE:   # K/V prefixes: nothing to decode; show norms
 
         print(f"{args.run}: {NOT_IN_VOCAB_SPACE}\n\n{format_prefix_norms(prefix_from_run(run))}")
         return 0
@@ -282,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .encoders import EncoderError
+    from .prompts import EncoderError
     from .models import ModelLoadError
     from .tasks import TaskError
     from .templates import TemplateError

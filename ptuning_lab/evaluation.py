@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .frozen_lm import FrozenLM
+from .templates import Template
 
 
 def first_token_ids(lm: FrozenLM, targets: Sequence[str]) -> torch.Tensor:
@@ -78,6 +79,7 @@ def evaluate(lm: FrozenLM, template, examples, prompt: torch.Tensor | None = Non
     ``loss``: mean cross-entropy of that first token (the training objective).
     """
     prompt = prompt.detach() if isinstance(prompt, torch.Tensor) else prompt
+    template = Template.parse(template)                  # once, not per batch
     return score(lm, template, examples, prompt, answers, batch_size,
                  logits_fn=lambda inputs: lm.last_logits(lm.encode(template, inputs), prompt),
                  gold_fn=lambda targets: first_token_ids(lm, targets))

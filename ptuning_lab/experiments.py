@@ -125,14 +125,14 @@ def train_one(lm, task, *, encoder: str = "mlp", template: str | None = None, in
         train: :class:`TrainConfig` or a dict of its fields (``{"max_steps": 40, "lr": 3e-3}``).
         out: run directory (config, prompt, history and ``metrics.json``); None writes nothing.
     """
-    from .encoders import build_encoder
     from .evaluation import evaluate
+    from .prompts import KEY_VALUE, build_encoder, produces
     from .trainer import Trainer
 
     template = template or default_template(task.template)
     n = Template.parse(template).validate(need_virtual=True).num_virtual_tokens
     extra = {}
-    if encoder == "prefix":
+    if produces(encoder) == KEY_VALUE:
         # prefix tuning puts its virtual tokens in every layer's keys/values, not at [P] slots: the template's
         # [P] count is its num_virtual_tokens and the [P]s are dropped, so one template serves every method
         template, extra = Template.parse(template).manual_text(), {"lm": lm}

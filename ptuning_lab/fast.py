@@ -29,13 +29,16 @@ import math
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .frozen_lm import FrozenLM, _at_least_float32, right_pad, to_device
+from .kv_cache import has_dynamic_cache, layer_kv, make_cache, output_cache
+from .packing import PAD, SHARED, Seq, block_mask, common_prefix_length, pack_rows
+from .prompts import LayerPrompt
 from .templates import Template
 
 
@@ -70,7 +73,8 @@ class FastForward:
 
     ``last_logits(inputs, prompt, candidates)`` returns what ``lm.last_logits(lm.encode(template,
     inputs), prompt, candidates)`` returns: ``(B, vocab)`` or ``(B, C)`` float32, differentiable
-    with respect to ``prompt (n, d)``.
+    with respect to ``prompt (n, d)``. The interface of ``ptuning_lab.forward.PlainForward``
+    (``last_logits``, ``evaluate``, ``uses_fast_path``, ``fallback_reason``).
     """
 
     def __init__(self, lm: FrozenLM, template, config: FastConfig | None = None):
@@ -79,7 +83,7 @@ class FastForward:
         self.config = config or FastConfig()
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cache_bytes = 0
-        self._seq_memo: dict[str, _Seq] = {}
+        self._seq_memo: dict[str, Seq] = {}
         self._gold_memo: dict[str, int] = {}
         self._verified = not self.config.verify
         self.fallback_reason: str | None = _unsupported_reason(lm)
@@ -91,13 +95,18 @@ class FastForward:
         """False when this model or template runs on the plain path (``fallback_reason`` says why)."""
         return self.fallback_reason is None
 
+    @property
+    def uses_fast_path(self) -> bool:
+        """The forward interface's name for :attr:`active` (see ``ptuning_lab.forward``)."""
+        return self.active
+
     def last_logits(self, inputs: Sequence[str], prompt: torch.Tensor | None,
                     candidates: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, vocab)`` (or ``(B, C)``) next-token logits after the template, float32."""
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
         if not inputs:
             raise ValueError("no inputs: give at least one input text.")
-        if not self.active or hasattr(prompt, "hidden"):
+        if not self.active or isinstance(prompt, LayerPrompt):      # a K/V prefix runs the model itself
             return self.lm.last_logits(self.lm.encode(self.template, inputs), prompt, candidates)
         self._check(self._sequences(inputs), prompt)     # bad input is an error, never a reason to fall back
         if not self._verified:
@@ -115,7 +124,7 @@ class FastForward:
         self.stats["tokens_total"] += sum(s.n for s in seqs)
         return self._run(seqs, prompt)
 
-    def _check(self, seqs: list[_Seq], prompt) -> None:
+    def _check(self, seqs: list[Seq], prompt) -> None:
         max_len = max(s.n for s in seqs)
         if max_len > self.lm.max_positions:
             raise ValueError(f"a templated input is {max_len} tokens long but the model '{self.lm.name}' accepts "
@@ -130,7 +139,7 @@ class FastForward:
                 raise ValueError(f"the prompt has shape {tuple(prompt.shape)} but the template needs "
                                  f"({n_needed}, {d}): one row per [P] of width d_model.")
 
-    def _sequences(self, inputs: list[str]) -> list[_Seq]:
+    def _sequences(self, inputs: list[str]) -> list[Seq]:
         """Per input: its token ids (-1 at [P]) and the prompt row of each position, memoised per input."""
         memo = self._seq_memo
         missing = list(dict.fromkeys(x for x in inputs if x not in memo))
@@ -138,7 +147,7 @@ class FastForward:
             if len(memo) + len(missing) > 200_000:
                 memo.clear()
             for x, (ids, _) in zip(missing, self.lm.sequences(self.template, missing)):
-                memo[x] = _Seq.of(ids)
+                memo[x] = Seq.of(ids)
         return [memo[x] for x in inputs]
 
     def evaluate(self, examples, prompt: torch.Tensor | None, answers: Sequence[str] | None = None) -> dict:
@@ -172,7 +181,7 @@ class FastForward:
         return self._cache_bytes / 2**20
 
     # ---------------------------------------------------------------- the work
-    def _run(self, seqs: list[_Seq], prompt) -> torch.Tensor:
+    def _run(self, seqs: list[Seq], prompt) -> torch.Tensor:
         """Final hidden state (B, d) at each prediction position, via packed rows.
 
         Each example = [constant prefix: cached keys/values] + [shared head: common to the batch]
@@ -191,7 +200,7 @@ class FastForward:
             firsts = np.fromiter((s.first for s in seqs), dtype=np.int64, count=B)
         else:
             firsts = np.zeros(B, dtype=np.int64)
-        common = _common_prefix_length([s.ids for s in seqs]) if (cfg.share_head and B > 1) else 0
+        common = common_prefix_length([s.ids for s in seqs]) if (cfg.share_head and B > 1) else 0
         common = min(common, int(lengths.min()) - 1)
         f0 = int(firsts[0])
         if common > f0 and bool((firsts == f0).all()):
@@ -204,7 +213,7 @@ class FastForward:
         # pack the live parts into rows of at most pack_tokens tokens (one example never splits;
         # rows hold consecutive examples)
         live_lens = lengths - starts
-        rows = _pack(live_lens.tolist(), max(cfg.pack_tokens - H, 1))
+        rows = pack_rows(live_lens.tolist(), max(cfg.pack_tokens - H, 1))
         R = len(rows)
         row_of = np.repeat(np.arange(R), [len(row) for row in rows])                 # (B,)
         row_tokens = np.bincount(row_of, weights=live_lens, minlength=R).astype(np.int64)
@@ -221,9 +230,9 @@ class FastForward:
         dest = tok_row * Q + H + (np.arange(len(tok)) - row_begin[tok_row])
         f_tok = np.full((R, Q), -2, dtype=np.int64)
         f_slot = np.zeros((R, Q), dtype=np.int64)
-        f_seg = np.full((R, Q), _PAD, dtype=np.int64)
+        f_seg = np.full((R, Q), PAD, dtype=np.int64)
         f_pos = np.zeros((R, Q), dtype=np.int64)
-        f_tok[:, :H], f_slot[:, :H], f_seg[:, :H], f_pos[:, :H] = head, head_slots, _SHARED, np.arange(f0, f0 + H)
+        f_tok[:, :H], f_slot[:, :H], f_seg[:, :H], f_pos[:, :H] = head, head_slots, SHARED, np.arange(f0, f0 + H)
         for flat_grid, values in ((f_tok, tok), (f_slot, slot), (f_seg, seg), (f_pos, pos)):
             flat_grid.reshape(-1)[dest] = values
         f_tok, f_slot = f_tok.reshape(-1), f_slot.reshape(-1)
@@ -243,7 +252,7 @@ class FastForward:
         if H and f0 > 0:
             entry = self._prefix_cache([seqs[0].ids[:f0]])[0]                     # (layers, 2, heads, L, hd)
             kv = entry.unsqueeze(2).expand(-1, -1, R, -1, -1, -1)
-            kseg = torch.full((R, f0), _SHARED, dtype=torch.long, device=dev)
+            kseg = torch.full((R, f0), SHARED, dtype=torch.long, device=dev)
         elif not H and int(firsts.max()) > 0:
             kv, kseg = self._row_prefixes([[seqs[b].ids[:firsts[b]] for b in row] for row in rows], rows)
         else:
@@ -255,8 +264,8 @@ class FastForward:
             # mask, and without a mask SDPA can take its fastest (flash) kernel
             mask = None
         else:
-            mask = _block_mask(seg, kseg, self._mask_dtype(embeds))
-        cache = _make_cache(kv) if kv is not None else None
+            mask = block_mask(seg, kseg, self._mask_dtype(embeds))
+        cache = make_cache((kv[i, 0], kv[i, 1]) for i in range(kv.shape[0])) if kv is not None else None
         kwargs = {lm._cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
         out = lm.transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, **kwargs)
         return out.last_hidden_state.reshape(R * Q, -1)[last_t]                    # (B, d)
@@ -320,7 +329,7 @@ class FastForward:
             pos = torch.arange(L, device=dev).unsqueeze(0).expand(len(prefixes), L)
             embeds = lm.model.get_input_embeddings()(ids)
             out = lm.transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True)
-            kv = _cache_tensors(_out_cache(out, lm))
+            kv = layer_kv(output_cache(out, lm._cache_arg))
             stacked = torch.stack([torch.stack([k, v]) for k, v in kv])   # (layers, 2, B, heads, L, hd)
             self.stats["tokens_run"] += int(mask.sum())
             return [stacked[:, :, b, :, :len(p)].clone() for b, p in enumerate(prefixes)]
@@ -339,7 +348,7 @@ class FastForward:
         ref = next(t for t in per_row if t is not None)
         kv = torch.stack([F.pad(t, (0, 0, 0, K - t.shape[3])) if t is not None
                           else ref.new_zeros(*ref.shape[:3], K, ref.shape[4]) for t in per_row], dim=2)
-        kseg = torch.tensor([sg + [_PAD] * (K - len(sg)) for sg in segs], dtype=torch.long)
+        kseg = torch.tensor([sg + [PAD] * (K - len(sg)) for sg in segs], dtype=torch.long)
         return kv, to_device(kseg, dev)
 
     # ---------------------------------------------------------------- safety
@@ -372,16 +381,6 @@ class FastForward:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _common_prefix_length(ids_list: list[list[int]]) -> int:
-    first = ids_list[0]
-    n = min(len(ids) for ids in ids_list)
-    for i in range(n):
-        t = first[i]
-        if any(ids[i] != t for ids in ids_list):
-            return i
-    return n
-
-
 def _autocast_on(device: torch.device) -> bool:
     try:
         return torch.is_autocast_enabled(device.type)
@@ -393,101 +392,9 @@ def _unsupported_reason(lm: FrozenLM) -> str | None:
     cfg = getattr(lm.model, "config", None)
     if cfg is not None and getattr(cfg, "is_encoder_decoder", False):
         return "encoder-decoder models are not supported by the fast path"
-    try:
-        from transformers import DynamicCache  # noqa: F401
-    except ImportError:                      # pragma: no cover - very old transformers
+    if not has_dynamic_cache():             # pragma: no cover - very old transformers
         return "this transformers release has no DynamicCache"
     return None
-
-
-def _out_cache(out, lm):
-    cache = getattr(out, lm._cache_arg, None)
-    if cache is None:
-        cache = getattr(out, "past_key_values", None)
-    if cache is None:
-        raise RuntimeError("the model returned no key/value cache")
-    return cache
-
-
-def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer (keys, values), each (B, heads, L, head_dim), from a transformers cache of any release."""
-    if hasattr(cache, "layers"):                                   # transformers >= 4.56
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    if hasattr(cache, "key_cache"):                                # transformers 4.36 - 4.55
-        return list(zip(cache.key_cache, cache.value_cache))
-    return [(k, v) for k, v in cache]                              # legacy tuples
-
-
-def _make_cache(kv):
-    """A fresh ``DynamicCache`` holding ``kv``: a (layers, 2, R, heads, K, head_dim) tensor."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    for i in range(kv.shape[0]):
-        cache.update(kv[i, 0], kv[i, 1], i)
-    return cache
-
-
-_SHARED, _PAD = -1, -2          # segment ids: seen by every example / padding
-
-
-class _Seq(NamedTuple):
-    """One templated input: ``ids`` (-1 at each [P]) as a list and an array, the prompt row of each
-    position (the k-th [P] takes row k; other positions 0), its first [P] (or its last position
-    when it has none), its length and its number of [P]."""
-
-    ids: list
-    arr: np.ndarray
-    slots: np.ndarray
-    first: int
-    n: int
-    n_virtual: int
-
-    @classmethod
-    def of(cls, ids: list[int]) -> "_Seq":
-        arr = np.asarray(ids, dtype=np.int64)
-        virtual = arr == -1
-        slots = np.where(virtual, np.cumsum(virtual) - 1, 0)
-        n = len(ids)
-        first = min(int(np.argmax(virtual)) if virtual.any() else n - 1, n - 1)
-        return cls(ids, arr, slots, first, n, int(virtual.sum()))
-
-
-def _pack(lengths: list[int], budget: int) -> list[list[int]]:
-    """Split examples (in order) into rows of at most ``budget`` tokens, balanced in length."""
-    total = sum(lengths)
-    n_rows = max(1, math.ceil(total / budget), math.ceil(max(lengths) / budget))
-    target = total / n_rows
-    rows, row, acc = [], [], 0
-    for b, n in enumerate(lengths):
-        if row and (acc + n > budget or (acc + n / 2 > target and len(rows) < n_rows - 1)):
-            rows.append(row)
-            row, acc = [], 0
-        row.append(b)
-        acc += n
-    rows.append(row)
-    return rows
-
-
-def _block_mask(seg: torch.Tensor, kseg: torch.Tensor, dtype) -> torch.Tensor:
-    """Attention mask (R, 1, Q, K + Q) for packed rows.
-
-    ``seg`` (R, Q): example id of each live token (_SHARED for the shared head, _PAD for padding);
-    ``kseg`` (R, K): example id of each cached key. A token sees the cached keys of its own example
-    and the shared ones, and the live tokens of its example and the shared head up to itself.
-    Padding sees itself, so no row of the mask is empty (an empty row gives NaN gradients).
-    """
-    R, Q = seg.shape
-    keys = torch.cat([kseg, seg], dim=1)                                           # (R, K + Q)
-    order_q = torch.arange(Q, device=seg.device)
-    order_k = torch.cat([torch.full((kseg.shape[1],), -1, device=seg.device), order_q])
-    same = (keys.unsqueeze(1) == seg.unsqueeze(2)) | (keys.unsqueeze(1) == _SHARED)
-    allowed = same & (order_k.view(1, 1, -1) <= order_q.view(1, -1, 1))
-    allowed = allowed & ((keys.unsqueeze(1) != _PAD) | (seg.unsqueeze(2) == _PAD))
-    allowed = allowed.unsqueeze(1)
-    if dtype == torch.bool:
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 __all__ = ["FastConfig", "FastForward"]

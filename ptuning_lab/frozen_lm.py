@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import load_model
+from .prompts import LayerPrompt
 from .templates import Template
 
 
@@ -233,10 +234,10 @@ class FrozenLM:
     def hidden(self, batch: Batch, prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, T, d) of the frozen model (after its final norm).
 
-        ``prompt``: (n, d) input-layer virtual tokens, or an object with ``hidden(lm, batch)`` that
-        runs the model itself (e.g. per-layer key/value prefixes).
+        ``prompt``: (n, d) input-layer virtual tokens, or a :class:`ptuning_lab.prompts.LayerPrompt`
+        (e.g. per-layer key/value prefixes), which runs the model itself.
         """
-        if hasattr(prompt, "hidden"):
+        if isinstance(prompt, LayerPrompt):
             return prompt.hidden(self, batch)
         embeds = self.embed(batch, prompt)
         T = embeds.shape[1]
@@ -267,6 +268,7 @@ class FrozenLM:
                      batch_size: int = 64) -> list[list[tuple[str, float]]]:
         """Top-k next tokens (decoded text, probability) after the template, per input."""
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        template = Template.parse(template)                  # once, not per batch
         results = []
         for start in range(0, len(inputs), batch_size):
             batch = self.encode(template, inputs[start:start + batch_size])
@@ -300,14 +302,14 @@ class FrozenLM:
                  top_k: int | None = None, seed: int | None = None, use_cache: bool = True) -> str:
         """Continue one templated input with the KV cache (greedy, or sampling).
 
-        ``prompt``: (n, d) for the template's [P] slots, or a K/V prefix (``ptuning_lab.prefix.PrefixKV``),
-        which starts the cache.
+        ``prompt``: (n, d) for the template's [P] slots, or a :class:`ptuning_lab.prompts.LayerPrompt`
+        (a K/V prefix), which starts the cache.
         """
         batch = self.encode(template, [input_text])
         if self.model.training:                 # the frozen model never uses dropout
             self.model.eval()
         # a K/V prefix (prefix tuning) starts every cache and shifts the positions by its length
-        prefix = prompt if hasattr(prompt, "cache") else None
+        prefix = prompt if isinstance(prompt, LayerPrompt) else None
         if prefix is not None:
             prefix.check_batch(batch)
         embeds = self.embed(batch, None if prefix is not None else prompt)

@@ -65,7 +65,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .frozen_lm import right_pad
-from .encoders import METHODS
+from .prompts import ALL_METHODS, INPUT_LAYER, KEY_VALUE, METHODS, peft_config_kwargs, produces
 from .templates import Template, TemplateError
 
 EXPORT_FORMAT = "ptuning_lab/peft-export/1"
@@ -262,9 +262,10 @@ def export_peft(run, out_dir, base_model_name_or_path: str | None = None, *, lm=
     config = run.config
     spec = config["encoder"]
     method = spec.get("method")
-    if method == "prefix":
+    made = produces(method) if method in ALL_METHODS else None       # what the run's method produced
+    if made == KEY_VALUE:
         return _export_prefix(run, out_dir, base_model_name_or_path, lm=lm, overwrite=overwrite)
-    if method not in METHODS:
+    if made != INPUT_LAYER:
         raise PeftExportError(f"the run's encoder is {method!r}; only input-layer prompts ({', '.join(METHODS)}) "
                               f"have a PEFT P-tuning / prompt-tuning form.")
     if "template" not in config:
@@ -313,8 +314,6 @@ def _export_prefix(run, out_dir, base_model_name_or_path, *, lm=None, overwrite=
     The template has no [P]: PEFT puts the prefix before the text, as ptuning_lab does.
     """
     from peft import PrefixTuningConfig
-
-    from .prefix import peft_config_kwargs
 
     if lm is not None:
         try:

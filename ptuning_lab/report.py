@@ -116,9 +116,12 @@ class _Figures:
 
 def _input_layer(run: ckpt.Run, lm) -> bool:
     """True when the run's prompt is input-layer vectors (n, d) of ``lm`` (not a K/V prefix)."""
+    from .prompts import ALL_METHODS, INPUT_LAYER, produces
+
     width = getattr(lm, "hidden_size", None)
+    method = run.config.get("encoder", {}).get("method")
     return (run.prompt.dim() == 2 and (width is None or run.prompt.shape[1] == width)
-            and run.config.get("encoder", {}).get("method") != "prefix")
+            and method in ALL_METHODS and produces(method) == INPUT_LAYER)
 
 
 def write_report(out: Path, *, lm=None, summary: Sequence[dict], rows: Sequence[dict],

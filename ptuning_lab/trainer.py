@@ -21,10 +21,12 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from .evaluation import evaluate, first_token_ids
-from .fast import FastForward
+from .evaluation import first_token_ids
+from .fast import FastConfig, FastForward
+from .forward import make_forward
 from .frozen_lm import to_device
 from .manifold import waywardness_penalty
+from .prompts import initial_prompt
 from .templates import Template
 
 
@@ -56,7 +58,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "Seed for the data order and dropout."})
     waywardness_gamma: float = field(default=0.0, metadata={"help": "Weight of the waywardness regulariser (mean squared L2 to the target text's embeddings)."})
     waywardness_target: str | None = field(default=None, metadata={"help": "Text whose embeddings the prompt is pulled towards."})
-    fast: bool = field(default=True, metadata={"help": "Use the exact fast path (ptuning_lab.fast: cached prefixes, shared head, packed rows); False = the plain reference path."})
+    fast: bool = field(default=True, metadata={"help": "Use the exact fast path (ptuning_lab.fast: cached prefixes, shared head, packed rows; its settings: Trainer(fast=FastConfig(...))); False = the plain reference path."})
 
     def __post_init__(self):
         checks = {"lr": FALLBACK_LR if self.lr is None else self.lr, "batch_size": self.batch_size, "num_epochs": self.num_epochs,
@@ -102,13 +104,18 @@ class Callback:
 
 
 class Trainer:
-    """Train ``encoder`` on ``task`` with ``template`` (which must contain [X] and at least one [P])."""
+    """Train ``encoder`` on ``task`` with ``template`` (which must contain [X] and at least one [P]).
 
-    def __init__(self, lm, encoder, task, template: str, config: TrainConfig | None = None,
-                 callbacks=(), out_dir=None, run_config: dict | None = None, progress: bool = True):
+    ``fast``: the fast path's settings (:class:`ptuning_lab.fast.FastConfig`), used when
+    ``config.fast`` is on (the default); ``self.forward`` is the path every step and evaluation runs.
+    """
+
+    def __init__(self, lm, encoder, task, template: "str | Template", config: TrainConfig | None = None,
+                 callbacks=(), out_dir=None, run_config: dict | None = None, progress: bool = True,
+                 fast: FastConfig | None = None):
         self.lm, self.encoder, self.task = lm, encoder.to(lm.device), task
         # input-layer encoders fill the template's [P] slots; others (e.g. K/V prefixes) need none
-        slots = getattr(encoder, "uses_template_slots", True)
+        slots = encoder.uses_template_slots
         self.template = Template.parse(template).validate(need_virtual=slots)
         if slots and self.template.num_virtual_tokens != encoder.num_virtual_tokens:
             raise ValueError(f"the template has {self.template.num_virtual_tokens} [P] slots but the encoder makes "
@@ -123,6 +130,9 @@ class Trainer:
             raise ValueError(f"task '{task.name}' has an empty train or dev split "
                              f"({len(task.train)} train, {len(task.dev)} dev); use a larger task.")
         self.config = config or TrainConfig()
+        if fast is not None and not self.config.fast:
+            raise ValueError("fast=FastConfig(...) was given but TrainConfig(fast=False) asks for the plain path; "
+                             "drop one of them.")
         if self.config.lr is None:
             self.config = dataclasses.replace(self.config, lr=default_lr(encoder.method))
         if self.config.waywardness_gamma and not slots:
@@ -142,8 +152,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _linear_warmup(s, warmup, self.total_steps))
         self.gold = dict(zip([ex.target for ex in task.train], first_token_ids(lm, [ex.target for ex in task.train]).tolist()))
         self.wayward_target = self._wayward_target()
-        # same logits as the plain path, less of the frozen model's work (falls back to it on its own)
-        self.fast = FastForward(lm, self.template) if self.config.fast and slots else None
+        # the fast path: same logits as the plain path, less of the frozen model's work
+        self.forward = make_forward(lm, self.template, fast if fast is not None else self.config.fast,
+                                    produces=encoder.produces)
         # mutable training state (everything an exact resume needs)
         self.step = 0
         self.history: dict = {"train": [], "eval": []}
@@ -167,11 +178,7 @@ class Trainer:
         # would make the host wait for the whole forward before it could queue the backward
         gold = to_device(torch.tensor([self.gold[ex.target] for ex in examples]), self.lm.device)
         prompt = self.encoder()
-        inputs = [ex.input for ex in examples]
-        if self.fast is not None:
-            logits = self.fast.last_logits(inputs, prompt)
-        else:
-            logits = self.lm.last_logits(self.lm.encode(self.template, inputs), prompt)
+        logits = self.forward.last_logits([ex.input for ex in examples], prompt)
         loss = F.cross_entropy(logits, gold)
         if self.wayward_target is not None:
             loss = loss + self.config.waywardness_gamma * waywardness_penalty(prompt, self.wayward_target)
@@ -264,7 +271,7 @@ class Trainer:
     def _evaluate(self, losses) -> bool:
         """Score dev, keep the best state; True when early stopping should end training."""
         prompt = self.current_prompt()
-        dev = self.dist.evaluate(lambda examples: self._score(examples, prompt), self.task.dev)
+        dev = self.dist.evaluate(lambda examples: self.score(examples, prompt), self.task.dev)
         record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
                   "train_loss": sum(losses) / max(len(losses), 1), "dev_p_at_1": dev["p_at_1"], "dev_loss": dev["loss"]}
         self.history["eval"].append(record)
@@ -278,25 +285,27 @@ class Trainer:
             cb.on_eval(self, record)
         return bool(self.config.patience and self.bad_evals >= self.config.patience)
 
-    def _score(self, examples, prompt) -> dict:
-        """``evaluate`` on the fast path when it is on."""
+    def score(self, examples, prompt=None) -> dict:
+        """``evaluate``'s metrics of ``examples`` on the trainer's path, with ``prompt`` (default: the current one)."""
+        prompt = self.current_prompt() if prompt is None else prompt
         self.lm.begin_step()
-        if self.fast is not None:
-            return self.fast.evaluate(examples, prompt)
-        return evaluate(self.lm, self.template, examples, prompt)
+        return self.forward.evaluate(examples, prompt)
+
+    @property
+    def fast(self) -> FastForward | None:
+        """The fast path when it was chosen, else None (``self.forward`` is the path either way)."""
+        return self.forward if isinstance(self.forward, FastForward) else None
 
     def _snapshot(self) -> None:
         prompt = self.current_prompt().cpu()
         self.snapshot_steps.append(self.step)
-        self.snapshot_list.append(_storable(prompt))
+        self.snapshot_list.append(self.encoder.stored(prompt))
         for cb in self.callbacks:
             cb.on_snapshot(self, self.step, prompt)
 
     def _wayward_target(self):
         if not self.config.waywardness_gamma:
             return None
-        from .encoders import initial_prompt
-
         return initial_prompt(f"text:{self.config.waywardness_target}", self.encoder.num_virtual_tokens,
                               self.lm.embedding.detach(), self.lm.tokenize).to(self.lm.device)
 
@@ -313,7 +322,7 @@ class Trainer:
             return
         history = {**result.history, "best_step": result.best_step, "stopped": result.stopped}
         ckpt.save_run(self.out_dir, config=self.full_config(), encoder_state=self.encoder.state_dict(),
-                      prompt=_storable(result.prompt), history=history, snapshot_steps=result.snapshot_steps,
+                      prompt=self.encoder.stored(result.prompt), history=history, snapshot_steps=result.snapshot_steps,
                       snapshots=result.snapshots if len(result.snapshot_steps) else None)
 
     def save_state(self) -> None:
@@ -353,11 +362,6 @@ class Trainer:
         self.snapshot_list = list(tensors["snapshots"].unbind(0))
         self.best_step, self.best_key = meta["best_step"], tuple(meta["best_key"])
         self.best_dev, self.bad_evals = meta["best_dev"], meta["bad_evals"]
-
-
-def _storable(prompt) -> torch.Tensor:
-    """The tensor a checkpoint stores: the prompt (n, d), or a K/V prefix's flat (n, width) layout."""
-    return prompt.as_tensor() if hasattr(prompt, "as_tensor") else prompt
 
 
 def _linear_warmup(step: int, warmup: int, total: int) -> float:

@@ -19,7 +19,7 @@ from ptuning_lab import checkpoint as ckpt
 from ptuning_lab import distributed
 from ptuning_lab.distributed import (Distributed, combine_metrics, launch_info, launched, shard, shard_bounds,
                                      shard_loss)
-from ptuning_lab.encoders import build_encoder
+from ptuning_lab.prompts import build_encoder
 from ptuning_lab.evaluation import evaluate
 from ptuning_lab.tasks import Example, Task, load_task
 from ptuning_lab.trainer import TrainConfig, Trainer

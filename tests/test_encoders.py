@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from ptuning_lab.encoders import (
+from ptuning_lab.prompts import (
     METHODS, DirectConfig, EncoderError, LSTMConfig, MLPConfig, PromptEncoder, build_encoder,
     encoder_from_config, initial_prompt, parse_init,
 )

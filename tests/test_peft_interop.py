@@ -11,7 +11,7 @@ peft = pytest.importorskip("peft")
 
 from conftest import make_tiny_lm  # noqa: E402
 from ptuning_lab import checkpoint as ckpt  # noqa: E402
-from ptuning_lab.encoders import build_encoder  # noqa: E402
+from ptuning_lab.prompts import build_encoder  # noqa: E402
 from ptuning_lab.peft_interop import (ENCODER_FILE, INFO_FILE, ImportedPrompt, PeftExportError,  # noqa: E402
                                       PeftImportError, export_peft, import_peft, peft_batch,
                                       peft_input_format, peft_input_text, peft_model_for_training, save_imported)

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 
 from conftest import make_tiny_lm
 from ptuning_lab import checkpoint as ckpt
-from ptuning_lab.encoders import EncoderError, build_encoder, encoder_from_config
+from ptuning_lab.prompts import EncoderError, build_encoder, encoder_from_config
 from ptuning_lab.evaluation import evaluate
 from ptuning_lab.frozen_lm import Batch
-from ptuning_lab.prefix import (Geometry, PrefixConfig, PrefixEncoder, PrefixKV, build_prefix_encoder,
+from ptuning_lab.prompts import (Geometry, PrefixConfig, PrefixEncoder, PrefixKV, build_prefix_encoder,
                                 model_geometry, peft_config_kwargs, prefix_from_run, prefix_norm_table,
                                 prefix_norms)
 from ptuning_lab.tasks import Example, Task
@@ -396,7 +396,7 @@ def test_prefix_run_exports_as_a_peft_prefix_tuning_adapter(tokenizer, tmp_path)
     from peft import PeftModel
 
     from ptuning_lab.peft_interop import export_peft
-    from ptuning_lab.prefix import build_prefix_encoder
+    from ptuning_lab.prompts import build_prefix_encoder
     from ptuning_lab.tasks import Example, Task
     from ptuning_lab.trainer import TrainConfig, Trainer
 

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from conftest import make_tiny_lm
-from ptuning_lab.encoders import build_encoder
+from ptuning_lab.prompts import KEY_VALUE, LayerPrompt, build_encoder
 from ptuning_lab.evaluation import evaluate
-from ptuning_lab.fast import FastConfig, FastForward, _block_mask, _pack
+from ptuning_lab.fast import FastConfig, FastForward
+from ptuning_lab.forward import PlainForward, make_forward
+from ptuning_lab.packing import block_mask, pack_rows
 from ptuning_lab.tasks import Example, Task
 from ptuning_lab.templates import Template
 from ptuning_lab.trainer import TrainConfig, Trainer
@@ -155,24 +157,52 @@ def test_trainer_fast_and_plain_agree(lm64):
     task = _toy_task()
     tpl = "[P]*2 Direction of [X] is [P]"
     runs = {}
-    for fast in (True, False):
+    # the default fast path, the fast path with settings passed through Trainer(fast=...), the plain path
+    for name, fast, settings in (("fast", True, None), ("rows-of-8", True, FastConfig(pack_tokens=8)),
+                                 ("plain", False, None)):
         enc = build_encoder("mlp", 3, lm64.embedding.detach(), init="vocab", seed=0).double()
         trainer = Trainer(lm64, enc, task, tpl, TrainConfig(lr=1e-2, batch_size=4, num_epochs=2, eval_every=3,
-                                                             snapshot_every=2, fast=fast), progress=False)
-        assert (trainer.fast is not None) == fast
+                                                             snapshot_every=2, fast=fast), progress=False, fast=settings)
+        assert trainer.forward.uses_fast_path == fast and (trainer.fast is not None) == fast
+        if settings is not None:
+            assert trainer.forward.config is settings
         loss = trainer.loss(task.train[:4])
         loss.backward()
         grads = [p.grad.clone() for p in enc.parameters()]
         enc.zero_grad()
-        runs[fast] = (loss.item(), grads, trainer.fit())
-    (l1, g1, r1), (l0, g0, r0) = runs[True], runs[False]
-    assert l1 == pytest.approx(l0, rel=1e-10)
-    for a, b in zip(g1, g0):
-        _close(a, b)
-    assert [h["loss"] for h in r1.history["train"]] == pytest.approx([h["loss"] for h in r0.history["train"]], rel=1e-7)
-    assert [e["dev_loss"] for e in r1.history["eval"]] == pytest.approx([e["dev_loss"] for e in r0.history["eval"]],
+        runs[name] = (loss.item(), grads, trainer.fit())
+    l0, g0, r0 = runs["plain"]
+    for name in ("fast", "rows-of-8"):
+        l1, g1, r1 = runs[name]
+        assert l1 == pytest.approx(l0, rel=1e-10)
+        for a, b in zip(g1, g0):
+            _close(a, b)
+        assert [h["loss"] for h in r1.history["train"]] == pytest.approx([h["loss"] for h in r0.history["train"]],
                                                                         rel=1e-7)
-    _close(r1.prompt, r0.prompt)
+        assert [e["dev_loss"] for e in r1.history["eval"]] == pytest.approx(
+            [e["dev_loss"] for e in r0.history["eval"]], rel=1e-7)
+        _close(r1.prompt, r0.prompt)
+
+
+def test_fast_settings_need_the_fast_path(lm64):
+    """Trainer(fast=FastConfig(...)) with TrainConfig(fast=False) contradicts itself: refused, not ignored."""
+    enc = build_encoder("direct", 3, lm64.embedding.detach())
+    with pytest.raises(ValueError, match="fast=False"):
+        Trainer(lm64, enc, _toy_task(), "[P]*3 [X]", TrainConfig(fast=False), progress=False, fast=FastConfig())
+
+
+def test_make_forward_one_interface(lm64):
+    """Both forwards answer the same calls with the same numbers; a K/V prompt always gets the plain one."""
+    task = _toy_task()
+    tpl = Template.parse("[P]*2 Direction of [X] is [P]")
+    prompt = torch.randn(3, lm64.hidden_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    fast, plain = make_forward(lm64, tpl, FastConfig()), make_forward(lm64, tpl, False)
+    assert isinstance(fast, FastForward) and isinstance(plain, PlainForward) and not plain.uses_fast_path
+    assert fast.template is tpl and plain.template is tpl                     # parsed once, passed on
+    _close(fast.last_logits(INPUTS, prompt), plain.last_logits(INPUTS, prompt))
+    assert fast.evaluate(task.dev, prompt) == pytest.approx(plain.evaluate(task.dev, prompt), rel=1e-9)
+    kv = make_forward(lm64, "Direction of [X] is", True, produces=KEY_VALUE)
+    assert isinstance(kv, PlainForward) and "runs the model itself" in kv.fallback_reason
 
 
 def test_fast_evaluate_equals_evaluate(lm64):
@@ -193,7 +223,7 @@ def test_falls_back_to_the_plain_path(lm64, monkeypatch):
     prompt = _prompt(lm64, tpl)
     ref = _plain(lm64, tpl, INPUTS, prompt)
 
-    class KVPrompt:                              # an encoder that runs the model itself (e.g. prefix tuning)
+    class KVPrompt(LayerPrompt):                 # a prompt that runs the model itself (e.g. prefix tuning)
         def hidden(self, lm, batch):
             return lm.hidden(batch, prompt)
 
@@ -221,18 +251,18 @@ def test_clear_errors(lm64):
 
 def test_pack_keeps_order_and_budget():
     lengths = [5, 3, 8, 2, 2, 7, 1]
-    rows = _pack(lengths, 10)
+    rows = pack_rows(lengths, 10)
     assert [b for row in rows for b in row] == list(range(len(lengths)))
     assert all(sum(lengths[b] for b in row) <= 10 for row in rows)
-    assert _pack([12], 10) == [[0]]               # an example longer than the budget gets a row of its own
-    assert _pack([1] * 6, 100) == [[0, 1, 2, 3, 4, 5]]
+    assert pack_rows([12], 10) == [[0]]               # an example longer than the budget gets a row of its own
+    assert pack_rows([1] * 6, 100) == [[0, 1, 2, 3, 4, 5]]
 
 
 def test_block_mask_sees_own_example_and_shared_head():
     # row: [head h0 h1] [example 0: a b] [example 1: c] [pad]; cache: [example 1's prefix p]
     seg = torch.tensor([[-1, -1, 0, 0, 1, -2]])
     kseg = torch.tensor([[1]])
-    m = _block_mask(seg, kseg, torch.bool)[0, 0]      # (6 queries, 1 cached + 6 live keys)
+    m = block_mask(seg, kseg, torch.bool)[0, 0]      # (6 queries, 1 cached + 6 live keys)
     expect = torch.tensor([
         # p  h0 h1 a  b  c  pad
         [0, 1, 0, 0, 0, 0, 0],      # h0
@@ -243,7 +273,7 @@ def test_block_mask_sees_own_example_and_shared_head():
         [0, 1, 1, 0, 0, 0, 1],      # pad: never an empty row
     ], dtype=torch.bool)
     assert torch.equal(m, expect)
-    additive = _block_mask(seg, kseg, torch.float32)[0, 0]
+    additive = block_mask(seg, kseg, torch.float32)[0, 0]
     assert torch.equal(additive == 0, expect)
 
 

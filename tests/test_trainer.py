@@ -8,7 +8,7 @@ import torch
 
 from conftest import make_tiny_lm
 from ptuning_lab import checkpoint as ckpt
-from ptuning_lab.encoders import build_encoder
+from ptuning_lab.prompts import build_encoder
 from ptuning_lab.evaluation import best_candidates, evaluate, first_token_ids
 from ptuning_lab.tasks import Example, Task
 from ptuning_lab.trainer import Callback, TrainConfig, Trainer
