@@ -115,11 +115,16 @@ def pair_problem(notebook: Path, root: Path = ROOT) -> str | None:
         return None
     newer, older = (py_name, nb_name) if script.stat().st_mtime > notebook.stat().st_mtime else (nb_name, py_name)
     i = next((k for k, (a, b) in enumerate(zip(nb_cells, py_cells)) if a != b), min(len(nb_cells), len(py_cells)))
-    first = (f"cell {i}: {nb_name} has {nb_cells[i][1][:120]!r}" if i < len(nb_cells) else
-             f"{nb_name} has only {len(nb_cells)} cells")
-    second = (f"{py_name} has {py_cells[i][1][:120]!r}" if i < len(py_cells) else
-              f"{py_name} has only {len(py_cells)} cells")
-    return (f"{nb_name} and {py_name} are out of sync ({first}; {second}). {newer} is newer: "
+    if i == len(nb_cells) or i == len(py_cells):
+        where = f"{nb_name} has {len(nb_cells)} cells, {py_name} {len(py_cells)}"
+    elif nb_cells[i][1] == py_cells[i][1]:
+        where = f"cell {i}: {nb_name} is {nb_cells[i][0]} {nb_cells[i][2]}, {py_name} {py_cells[i][0]} {py_cells[i][2]}"
+    else:
+        a, b = nb_cells[i][1].splitlines(), py_cells[i][1].splitlines()
+        j = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        line = lambda lines: repr(lines[j]) if j < len(lines) else "(no such line)"  # noqa: E731
+        where = f"cell {i}, line {j + 1}: {nb_name} has {line(a)}, {py_name} has {line(b)}"
+    return (f"{nb_name} and {py_name} are out of sync ({where}). {newer} is newer: "
             f"run `jupytext --sync {newer}`, which copies its cells into {older}")
 
 
@@ -147,7 +152,7 @@ def test_a_stale_or_missing_pair_is_reported_with_the_command_to_run(tmp_path):
     script.write_text(script.read_text().replace("import torch\n", "import torch  # edited\n", 1))
     os.utime(script, (notebook.stat().st_mtime + 5,) * 2)         # edited in an editor after the last sync
     problem = pair_problem(notebook, tmp_path)
-    assert "import torch  # edited" in problem
+    assert "cell 2, line 2: " in problem and "has 'import torch  # edited'" in problem
     assert f"{script.name} is newer: run `jupytext --sync {script.name}`, which copies its cells into" in problem
 
 
