@@ -1,18 +1,24 @@
-"""The course notebooks as files: one list of them, built from notebooks/build.py, no stored outputs,
-badges that match ptuning_lab.course and lead to notebooks that exist, and code that names real API.
+"""The course notebooks as files: one list of them, each paired with a jupytext script and in sync
+with it, no stored outputs, badges that match ptuning_lab.course and lead to notebooks that exist,
+and code that names real API.
 
-Executing the notebooks is nbval's job (`make test` collects notebooks/ with --nbval-lax); these
-tests need no model and run in a second.
+An instructor edits a lesson in JupyterLab (jupytext saves the .ipynb and its .py together) or edits
+``notebooks/NAME.py`` in any editor and runs ``jupytext --sync notebooks/NAME.py``. Executing the
+notebooks is nbval's job (`make test` collects notebooks/ with --nbval-lax); these tests need no model
+and run in a second.
 """
 import ast
-import importlib.util
+import fnmatch
 import json
+import os
 import re
-import sys
+import shutil
 from pathlib import Path
 from urllib.parse import unquote
 
+import jupytext
 import pytest
+from jupytext.config import find_jupytext_configuration_file, load_jupytext_configuration_file
 
 import ptuning_lab as pl
 from ptuning_lab import course
@@ -20,22 +26,9 @@ from ptuning_lab import course
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 CHECK = "# NBVAL_CHECK_OUTPUT"
+PAIRING = "ipynb,py:percent"
 LINK = re.compile(r"\[(?P<text>!\[[^\]]*\]\([^)]*\)|[^\]]*)\]\((?P<url>[^)\s]+)\)")
 FENCE = re.compile(r"```python\n(.*?)```", re.S)
-
-
-def load_build():
-    spec = importlib.util.spec_from_file_location("course_build", NB_DIR / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module          # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def build():
-    return load_build()
-
 
 NOTEBOOKS = course.notebook_files()
 
@@ -57,22 +50,27 @@ def solution_blocks(nb) -> list[str]:
             for block in FENCE.findall(source(c))]
 
 
+def rel(path: Path, root: Path = ROOT) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def lesson_scripts() -> list[Path]:
+    """The .py files of notebooks/ that are lessons (not a helper such as a conftest.py)."""
+    return sorted(p for p in NB_DIR.glob("*.py") if p.name != "conftest.py")
+
+
 # ------------------------------------------------------------------ one list of notebooks
-def test_the_glob_lists_every_notebook_and_build_py_builds_exactly_those(build):
+def test_the_course_lists_every_notebook_on_disk():
     names = [p.name for p in NOTEBOOKS]
-    assert len(names) == 7 and names == sorted(names)
-    assert names[0].startswith("01_") and names[-1].startswith("07_")
-    # pytest collects every .ipynb under notebooks/: any notebook outside the glob would run unlisted
-    every = sorted(p.relative_to(NB_DIR).as_posix() for p in NB_DIR.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-    assert every == names
-    assert sorted(build.built()) == names
-
-
-def test_committed_notebooks_equal_what_build_py_writes(build):
-    for name, text in build.built().items():
-        assert (NB_DIR / name).read_text(encoding="utf-8") == text, \
-            f"{name} differs from notebooks/build.py: edit build.py and run `python notebooks/build.py`"
-    assert build.main(["--check"]) == 0
+    assert names, f"course.notebook_files() found nothing in {course.notebooks_dir()}"
+    # numbered 01, 02, ... without gaps: a new lesson is a new pair of files, no test to edit
+    assert [n[:3] for n in names] == [f"{i:02d}_" for i in range(1, len(names) + 1)], names
+    # pytest collects every .ipynb under notebooks/: any notebook outside the course's list would run unlisted
+    every = sorted(rel(p) for p in NB_DIR.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    listed = [rel(p) for p in NOTEBOOKS]
+    assert every == listed, (f"notebooks on disk {sorted(set(every) - set(listed))} are not in "
+                             f"course.notebook_files() (glob {course.NOTEBOOK_GLOB!r} in notebooks/): rename them "
+                             f"NN_name.ipynb or move them out of notebooks/")
 
 
 def test_makefile_runs_the_notebook_directory_under_nbval():
@@ -81,11 +79,104 @@ def test_makefile_runs_the_notebook_directory_under_nbval():
     assert "--nbval-sanitize-with notebooks/sanitize.cfg" in test_line and (NB_DIR / "sanitize.cfg").is_file()
 
 
+def test_lesson_scripts_are_not_collected_as_test_modules(request):
+    # `pytest tests notebooks` must run the .ipynb (nbval) only: importing a lesson script would train a model
+    patterns = request.config.getini("python_files")
+    for script in lesson_scripts():
+        hit = [pat for pat in patterns if fnmatch.fnmatch(script.name, pat)]
+        assert not hit, f"{rel(script)} matches pytest's python_files {hit}: pytest would import it as a test"
+
+
+# ------------------------------------------------------------------ edited as jupytext pairs
+def test_jupytext_pairs_every_notebook_with_a_percent_script():
+    # the CLI and JupyterLab's contents manager look for the file from the notebook's folder upwards, and
+    # Lab stops at its root: inside notebooks/ it is found also by `jupyter lab notebooks/` (make lab)
+    config_file = find_jupytext_configuration_file(str(NB_DIR))
+    assert config_file and Path(config_file).resolve() == (NB_DIR / "jupytext.toml").resolve(), config_file
+    config = load_jupytext_configuration_file(config_file)
+    for path in NOTEBOOKS:
+        assert config.default_formats(str(path)) == PAIRING
+
+
+def _cells(path: Path) -> list[tuple[str, str, tuple]]:
+    """(type, source, tags) of each cell as jupytext reads the file (.ipynb or percent .py)."""
+    nb = jupytext.read(path)
+    return [(c.cell_type, c.source, tuple(c.metadata.get("tags", ()))) for c in nb.cells]
+
+
+def pair_problem(notebook: Path, root: Path = ROOT) -> str | None:
+    """Why ``notebook`` and its .py differ, with the command (run from ``root``) that fixes it; None when in sync."""
+    script = notebook.with_suffix(".py")
+    nb_name, py_name = rel(notebook, root), rel(script, root)
+    if not script.is_file():
+        return f"{py_name} is missing: run `jupytext --sync {nb_name}` (it writes the .py from the notebook)"
+    nb_cells, py_cells = _cells(notebook), _cells(script)
+    if nb_cells == py_cells:
+        return None
+    newer, older = (py_name, nb_name) if script.stat().st_mtime > notebook.stat().st_mtime else (nb_name, py_name)
+    i = next((k for k, (a, b) in enumerate(zip(nb_cells, py_cells)) if a != b), min(len(nb_cells), len(py_cells)))
+    if i == len(nb_cells) or i == len(py_cells):
+        where = f"{nb_name} has {len(nb_cells)} cells, {py_name} {len(py_cells)}"
+    elif nb_cells[i][1] == py_cells[i][1]:
+        where = f"cell {i}: {nb_name} is {nb_cells[i][0]} {nb_cells[i][2]}, {py_name} {py_cells[i][0]} {py_cells[i][2]}"
+    else:
+        a, b = nb_cells[i][1].splitlines(), py_cells[i][1].splitlines()
+        j = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        line = lambda lines: repr(lines[j]) if j < len(lines) else "(no such line)"  # noqa: E731
+        where = f"cell {i}, line {j + 1}: {nb_name} has {line(a)}, {py_name} has {line(b)}"
+    return (f"{nb_name} and {py_name} are out of sync ({where}). {newer} is newer: "
+            f"run `jupytext --sync {newer}`, which copies its cells into {older}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_notebook_and_its_script_hold_the_same_cells(path):
+    problem = pair_problem(path)
+    assert problem is None, problem
+
+
+def test_every_lesson_script_has_its_notebook():
+    for script in lesson_scripts():
+        notebook = script.with_suffix(".ipynb")
+        assert notebook in NOTEBOOKS, (f"{rel(script)} has no notebook in the course: run `jupytext --sync "
+                                       f"{rel(script)}` (named NN_name.py) or remove the script")
+
+
+def test_a_stale_or_missing_pair_is_reported_with_the_command_to_run(tmp_path):
+    notebook = tmp_path / NOTEBOOKS[0].name
+    shutil.copy(NOTEBOOKS[0], notebook)
+    script = notebook.with_suffix(".py")
+    assert pair_problem(notebook, tmp_path) == (f"{script.name} is missing: run `jupytext --sync {notebook.name}` "
+                                                "(it writes the .py from the notebook)")
+    shutil.copy(NOTEBOOKS[0].with_suffix(".py"), script)
+    assert pair_problem(notebook, tmp_path) is None
+    script.write_text(script.read_text().replace("import torch\n", "import torch  # edited\n", 1))
+    os.utime(script, (notebook.stat().st_mtime + 5,) * 2)         # edited in an editor after the last sync
+    problem = pair_problem(notebook, tmp_path)
+    assert "cell 2, line 2: " in problem and "has 'import torch  # edited'" in problem
+    assert f"{script.name} is newer: run `jupytext --sync {script.name}`, which copies its cells into" in problem
+
+
+def test_saving_in_jupyterlab_with_jupytext_writes_both_files(tmp_path):
+    # the contents manager jupytext installs into JupyterLab (what a Save does), rooted like `make lab`
+    manager = pytest.importorskip("jupytext.sync_contentsmanager", reason="needs jupyter_server").TextFileContentsManager
+    shutil.copy(NB_DIR / "jupytext.toml", tmp_path)
+    name = NOTEBOOKS[0].name
+    shutil.copy(NOTEBOOKS[0], tmp_path / name)
+    cm = manager(root_dir=str(tmp_path))
+    model = cm.get(name)
+    model["content"].cells[1].source += "\n# an instructor's note"
+    cm.save(model, name)
+    assert "# an instructor's note" in (tmp_path / name).with_suffix(".py").read_text()
+    ipynb = read(tmp_path / name)
+    assert source(ipynb["cells"][1]).endswith("# an instructor's note")
+    assert [c.get("outputs") for c in ipynb["cells"]] == [c.get("outputs") for c in read(NOTEBOOKS[0])["cells"]]
+
+
 # ------------------------------------------------------------------ stored without outputs
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_no_outputs_are_stored_except_the_expected_text_of_checked_cells(path):
     nb = read(path)
-    assert "widgets" not in nb["metadata"], "saved widget state: clear it (build.py writes none)"
+    assert "widgets" not in nb["metadata"], "saved widget state: turn off Settings > Save Widget State Automatically and save again"
     checked = 0
     for cell in nb["cells"]:
         assert not cell.get("attachments"), "attachments are stored outputs too"
@@ -106,6 +197,11 @@ def test_no_outputs_are_stored_except_the_expected_text_of_checked_cells(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_badges_match_course_urls_and_point_to_existing_notebooks(path):
     header = source(read(path)["cells"][0])
+    expected = course.badges_markdown(path.stem)
+    assert expected in header.splitlines(), (
+        f"the badges of {path.name} (first cell) differ from ptuning_lab.course: replace the badge line of "
+        f"the first cell of notebooks/{path.stem}.py (or of the notebook in JupyterLab) with\n{expected}\n"
+        f"then run `jupytext --sync notebooks/{path.stem}.py`")
     urls = [m["url"] for m in LINK.finditer(header) if m["text"].startswith("![")]
     assert urls == [course.colab_url(path.stem), course.binder_url(path.stem)]
     colab_path = urls[0].split(f"/blob/{course.BRANCH}/", 1)[1]

@@ -1,0 +1,192 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Direct prompt tuning
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ptuning-lab/ptuning_lab/blob/main/notebooks/02_direct_prompt_tuning.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/ptuning-lab/ptuning_lab/main?labpath=notebooks%2F02_direct_prompt_tuning.ipynb)
+#
+# **What you will learn**
+#
+# - a template with virtual tokens `[P]`, and a prompt that is a free `(n, d)` parameter (prompt tuning, Lester et al. 2021);
+# - why the starting point matters: the template's own words against random vectors;
+# - training with a live view of the loss, dev P@1 and the vectors on the vocabulary map;
+# - how far the trained vectors leave the manifold, and what they decode to.
+#
+# Part 2 of 7 of the ptuning_lab course. The model is `auto`: GPT-2 where it can be
+# reached, otherwise the embedded SmolLM2-135M, which works offline (the load cell prints which).
+# The default *lesson* size takes a few minutes on a laptop CPU; `PTUNING_LAB_SIZE=ci` runs the same
+# cells on a handful of examples.
+
+# %%
+# Setup: on Colab this installs ptuning_lab; locally (`make lab`) and on Binder it is already installed.
+import subprocess, sys
+if "google.colab" in sys.modules:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ptuning_lab[viz] @ git+https://github.com/ptuning-lab/ptuning_lab@main"], check=True)
+
+# %%
+import pandas as pd
+import torch
+import ptuning_lab as pl
+from ptuning_lab import course, figures, widgets
+
+SIZE = course.size()        # the environment variable PTUNING_LAB_SIZE=ci picks the small test size
+print(SIZE.describe())
+lm = pl.FrozenLM.load()     # "auto": GPT-2 where reachable, else the embedded SmolLM2-135M (it says which)
+E, strings = lm.embedding.detach(), lm.token_strings       # (V, d) frozen embeddings; text of each token id
+print(f"{lm.name}: vocabulary V = {lm.vocab_size:,}, width d = {lm.hidden_size}")
+
+# %%
+task = pl.load_task("capital", max_examples=SIZE.max_examples)
+template = pl.default_template(task.template)     # "[P]*3 The capital of [X] is [P]*3"
+init = pl.default_init(template)                   # start from the template's own words
+print(task.summary())
+print("template:", template, "| init:", init)
+
+# %% [markdown]
+# ## 1. The prompt is the parameter
+#
+# The `direct` prompt encoder holds one `(n, d)` matrix and returns it: each of the `n = 6`
+# virtual tokens is a free vector that the optimiser moves. The language model stays frozen; only
+# these `6 × d` numbers learn. We start them at the embeddings of the template's words.
+
+# %%
+encoder = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
+print(encoder, "| trainable parameters:", encoder.num_trainable_parameters())
+print("decoded start:", pl.manifold.decode_prompt(encoder(), E, strings))
+
+# %% [markdown]
+# At step 0 the prompt *is* the words' embeddings, cycled to six rows:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+phrase = lm.tokenize(init.removeprefix("text:"))
+print(torch.equal(encoder().detach(), E[[phrase[i % len(phrase)] for i in range(6)]]))
+
+# %% [markdown]
+# So before training the model reads *"The capital of | The capital of France is | is The capital"*:
+# the last three slots make an odd ending. How does that start compare with the manual prompt on
+# the dev split, and with random vectors, which sit far from every token (notebook 01)?
+
+# %%
+starts = {"manual prompt": (task.template, None), "text init": (template, encoder().detach()),
+          "random init": (template, pl.encoders.initial_prompt("random", 6, E, seed=0))}
+for name, (tpl, prompt) in starts.items():
+    r = pl.evaluate(lm, tpl, task.dev, prompt)
+    print(f"{name:<14} dev P@1 {r['p_at_1']:.3f}   dev loss {r['loss']:.2f}")
+
+# %% [markdown]
+# ## 2. Training, live
+#
+# `LiveTrainingView` is a trainer callback: it redraws the curves and the prompt on the map at
+# most once a second while `fit()` runs. Show it first, then train.
+
+# %%
+stats = pl.vocab_stats(E, lm.name, subset=SIZE.stats_subset)                # cached after the first call
+projection = pl.fit_projection(E, strings, lm.name, subset=SIZE.map_subset)  # one PCA map for every run
+
+# %%
+view = widgets.LiveTrainingView(projection, every_s=1.0, embedding=E, token_strings=strings, name="direct")
+view.widget
+
+# %%
+config = pl.TrainConfig(**SIZE.train_kwargs())
+result = pl.Trainer(lm, encoder, task, template, config, callbacks=[view], progress=False).fit()
+prompt = result.prompt.to(lm.device)        # the best prompt on dev, (6, d)
+print(f"best dev P@1 {result.best_dev['p_at_1']:.3f} at step {result.best_step} ({result.seconds:.0f} s)")
+
+# %%
+manual = pl.evaluate(lm, task.template, task.test)["p_at_1"]
+tuned = pl.evaluate(lm, template, task.test, prompt)["p_at_1"]
+print(f"test P@1: manual prompt {manual:.3f}, direct prompt tuning {tuned:.3f} ({tuned - manual:+.3f})")
+
+# %% [markdown]
+# ## 3. Leaving the manifold
+#
+# `drift_over_training` measures every snapshot: `norm_ratio` (length / mean token length),
+# `max_cosine` (cosine to the nearest token) and `nn_l2_ratio` (distance to the nearest token /
+# the typical distance between neighbouring tokens). At step 0 the vectors are tokens: ratio 1,
+# cosine 1, distance 0.
+
+# %%
+drift = pl.drift_over_training(result.snapshots, E, result.snapshot_steps, stats, strings)
+per_step = drift.groupby("step")[["norm_ratio", "max_cosine", "nn_l2_ratio"]].mean()
+per_step.round(3)
+
+# %%
+first, last = per_step.iloc[0], per_step.iloc[-1]
+print(f"cosine to the nearest token: {first.max_cosine:.3f} at step 0 -> {last.max_cosine:.3f} at step {per_step.index[-1]}")
+print(f"distance to the nearest token: {last.nn_l2_ratio:.2f} x the typical distance between neighbouring tokens")
+
+# %% [markdown]
+# Where do the trained vectors sit among the vocabulary? The strips place them in the
+# distributions of notebook 01: tokens' best cosine to another token (grey) and random vectors'
+# (orange).
+
+# %%
+figures.nn_cosine_distribution(stats, {"start": result.snapshots[0], "trained": result.prompt}, E)
+
+# %%
+figures.vocab_map(projection, {"direct": result}, strings, E, max_vocab_points=SIZE.map_points)
+
+# %% [markdown]
+# ## 4. Decoding
+#
+# The nearest tokens of each trained vector, by cosine. When the vectors have moved only a little
+# they still decode to their starting words, even though the model now reads them differently:
+# the decoded text and the prompt are not the same thing (notebook 05 measures the gap).
+
+# %%
+figures.nearest_token_heatmap(result.prompt, E, strings, k=5)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Train the same encoder from `init="random"` for the same number of steps and compare the dev P@1 curves.
+# 2. Raise the learning rate ten times (`lr=3e-2`). How far do the vectors drift now, and does accuracy follow?
+# 3. Use fewer virtual tokens: `"[P] The capital of [X] is [P]"`. What changes in accuracy and in decoding?
+
+# %% [markdown]
+# <details>
+# <summary><b>Solutions</b> (click to open)</summary>
+#
+# **1.**
+# ```python
+# rand = pl.build_encoder("direct", 6, E, init="random", tokenize=lm.tokenize, seed=0)
+# r_rand = pl.Trainer(lm, rand, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+# figures.training_curves({"text init": [result.history], "random init": [r_rand.history]})
+# ```
+# Compare where the two curves start and where they end: the step-0 scores in section 1 already
+# differ, and the curves show whether the gap closes within this budget.
+#
+# **2.**
+# ```python
+# fast = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
+# r_fast = pl.Trainer(lm, fast, task, template, pl.TrainConfig(lr=3e-2, **SIZE.train_kwargs()), progress=False).fit()
+# d = pl.drift_metrics(r_fast.prompt, E, stats, strings).table
+# print(d[["norm_ratio", "max_cosine", "nearest_token"]], r_fast.best_dev)
+# ```
+#
+# **3.**
+# ```python
+# t2 = "[P] The capital of [X] is [P]"
+# enc2 = pl.build_encoder("direct", 2, E, init=pl.default_init(t2), tokenize=lm.tokenize, seed=0)
+# r2 = pl.Trainer(lm, enc2, task, t2, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+# print(r2.best_dev, pl.manifold.decode_prompt(r2.prompt, E, strings))
+# ```
+#
+# </details>
+
+# %% [markdown]
+# **Next:** [03 · P-tuning: MLP and LSTM prompt encoders](03_p_tuning_encoders.ipynb)

@@ -1,0 +1,192 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Decoding learned prompts
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ptuning-lab/ptuning_lab/blob/main/notebooks/05_decoding_learned_prompts.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/ptuning-lab/ptuning_lab/main?labpath=notebooks%2F05_decoding_learned_prompts.ipynb)
+#
+# **What you will learn**
+#
+# - nearest-token decoding of a trained prompt with three metrics, and where they disagree;
+# - faithfulness: snap each vector to its nearest token and measure what the task loses;
+# - waywardness (Khashabi et al. 2022): a prompt can solve the task while decoding to an unrelated sentence; the trade-off with the weight γ, on a slider.
+#
+# Part 5 of 7 of the ptuning_lab course. The model is `auto`: GPT-2 where it can be
+# reached, otherwise the embedded SmolLM2-135M, which works offline (the load cell prints which).
+# The default *lesson* size takes a few minutes on a laptop CPU; `PTUNING_LAB_SIZE=ci` runs the same
+# cells on a handful of examples.
+
+# %%
+# Setup: on Colab this installs ptuning_lab; locally (`make lab`) and on Binder it is already installed.
+import subprocess, sys
+if "google.colab" in sys.modules:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ptuning_lab[viz] @ git+https://github.com/ptuning-lab/ptuning_lab@main"], check=True)
+
+# %%
+import pandas as pd
+import torch
+import ptuning_lab as pl
+from ptuning_lab import course, figures, widgets
+
+SIZE = course.size()        # the environment variable PTUNING_LAB_SIZE=ci picks the small test size
+print(SIZE.describe())
+lm = pl.FrozenLM.load()     # "auto": GPT-2 where reachable, else the embedded SmolLM2-135M (it says which)
+E, strings = lm.embedding.detach(), lm.token_strings       # (V, d) frozen embeddings; text of each token id
+print(f"{lm.name}: vocabulary V = {lm.vocab_size:,}, width d = {lm.hidden_size}")
+
+# %%
+task = pl.load_task("capital", max_examples=SIZE.max_examples)
+template = pl.default_template(task.template)     # "[P]*3 The capital of [X] is [P]*3"
+init = pl.default_init(template)                   # start from the template's own words
+print(task.summary())
+print("template:", template, "| init:", init)
+
+# %%
+stats = pl.vocab_stats(E, lm.name, subset=SIZE.stats_subset)                # cached after the first call
+projection = pl.fit_projection(E, strings, lm.name, subset=SIZE.map_subset)  # one PCA map for every run
+
+# %%
+encoder = pl.build_encoder("mlp", 6, E, init=init, tokenize=lm.tokenize, seed=0)
+result = pl.Trainer(lm, encoder, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+prompt = result.prompt.to(lm.device)
+print(f"best dev P@1 {result.best_dev['p_at_1']:.3f} ({result.seconds:.0f} s)")
+
+# %% [markdown]
+# ## 1. Nearest tokens, three ways
+#
+# The top token of each virtual token by `cosine`, `l2` and `dot`, and how often they agree. Off
+# the manifold they can part ways (`dot` favours long token vectors, `l2` tokens of a similar
+# length); the agreement line says whether they do for this prompt.
+
+# %%
+table = pl.nearest_tokens(prompt, E, strings, k=5)
+print(pl.metric_agreement(table))
+table.query("rank == 0").pivot(index="virtual_token", columns="metric", values="token")
+
+# %%
+print("decoded (cosine):   ", repr("".join(pl.manifold.decode_prompt(prompt, E, strings))))
+print("decoded (word-like):", repr("".join(pl.manifold.decode_prompt(prompt, E, strings, word_like=True))))
+figures.nearest_token_heatmap(prompt, E, strings, k=5)
+
+# %% [markdown]
+# ## 2. Snap to the vocabulary: is the decoding faithful?
+#
+# If the decoded tokens *were* the prompt, replacing each vector by its nearest token's embedding
+# would keep the accuracy. `snap_report` measures the dev P@1 of the original and the snapped
+# prompts.
+
+# %%
+dev_p_at_1 = lambda p: pl.evaluate(lm, template, task.dev, p)["p_at_1"]
+report = pl.snap_report(dev_p_at_1, prompt, E, token_strings=strings)
+print(f"trained prompt: dev P@1 {report['original']:.3f}")
+pd.DataFrame({"dev P@1 snapped": report["snapped"], "drop": report["drop"],
+              "decoded": {m: "".join(t) for m, t in report["tokens"].items()}}).round(3)
+
+# %% [markdown]
+# A snapped prompt is made of real rows of `E`, and snapping it again changes nothing:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+snapped, ids = pl.snap_to_vocab(prompt, E)
+print(torch.equal(snapped, E[ids.to(E.device)]), torch.equal(pl.snap_to_vocab(snapped, E)[0], snapped))
+
+# %% [markdown]
+# ## 3. Waywardness
+#
+# Khashabi et al. (2022) showed that a continuous prompt can solve a task while its nearest tokens
+# spell an arbitrary, unrelated text. We start the prompt **at** an unrelated sentence and train
+# it for the task with a penalty `γ · mean ‖p_i − t_i‖²` that keeps it near that sentence's
+# embeddings `t`: γ = 0 lets it wander, a large γ holds it on the text. For each γ: test P@1 and
+# the word F1 between the decoded prompt and the sentence.
+
+# %%
+target = "I like to eat green apples"
+literal = pl.encoders.initial_prompt("text:" + target, 6, E, lm.tokenize).to(lm.device)
+print(f"the sentence itself as the prompt: test P@1 {pl.evaluate(lm, template, task.test, literal)['p_at_1']:.3f}")
+
+# %%
+sweep = []
+for gamma in SIZE.gammas:
+    enc = pl.build_encoder("mlp", 6, E, init="text:" + target, tokenize=lm.tokenize, seed=0)
+    config = pl.TrainConfig(waywardness_gamma=gamma, waywardness_target=target, **SIZE.train_kwargs(SIZE.sweep_steps))
+    r = pl.Trainer(lm, enc, task, template, config, progress=False).fit()
+    decoded = pl.manifold.decode_prompt(r.prompt, E, strings)
+    sweep.append({"gamma": gamma, "accuracy": pl.evaluate(lm, template, task.test, r.prompt.to(lm.device))["p_at_1"],
+                  "f1": pl.decoded_f1(decoded, target), "decoded": "".join(decoded)})
+pd.DataFrame(sweep).round(3)
+
+# %%
+figures.waywardness_sweep(sweep)
+
+# %% [markdown]
+# Move the slider: each position is a prompt trained above (training inside a slider would be too slow).
+
+# %%
+import ipywidgets as w
+
+def show(gamma):
+    row = next(r for r in sweep if r["gamma"] == gamma)
+    print(f"γ = {gamma:g}: test P@1 {row['accuracy']:.3f}, decoded F1 vs the sentence {row['f1']:.2f}")
+    print("the prompt reads:", repr(row["decoded"]))
+
+w.interact(show, gamma=w.SelectionSlider(options=[r["gamma"] for r in sweep], value=sweep[-1]["gamma"], description="γ"));
+
+# %%
+literal_p1 = pl.evaluate(lm, template, task.test, literal)["p_at_1"]
+held = [r for r in sweep if r["f1"] >= 0.8]
+if held and max(r["accuracy"] for r in held) > literal_p1:
+    r = max(held, key=lambda r: r["accuracy"])
+    print(f"Wayward: at γ = {r['gamma']:g} the prompt still reads {r['decoded']!r} (F1 {r['f1']:.2f}) "
+          f"yet scores {r['accuracy']:.3f} against {literal_p1:.3f} for the sentence itself.")
+else:
+    print("In this run no prompt both kept the sentence (F1 >= 0.8) and beat the sentence itself; "
+          "try more steps (the lesson size) or other γ values.")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Use a target sentence about the task, such as `"The capital city of the country"`. Does keeping it (high F1) cost less accuracy than the unrelated sentence?
+# 2. Snap only the vectors that are already close to a token (cosine > 0.9) and keep the others. What is the dev P@1?
+# 3. Compare the faithfulness of a `direct` prompt with the MLP's: train one and call `snap_report` on it.
+
+# %% [markdown]
+# <details>
+# <summary><b>Solutions</b> (click to open)</summary>
+#
+# **1.**
+# ```python
+# target = "The capital city of the country"
+# ```
+# Then run the three cells of section 3 again.
+#
+# **2.**
+# ```python
+# near = pl.drift_metrics(prompt, E, stats).table["max_cosine"].to_numpy() > 0.9
+# mixed = prompt.clone()
+# mixed[torch.from_numpy(near)] = snapped[torch.from_numpy(near)]
+# print(near, dev_p_at_1(mixed))
+# ```
+#
+# **3.**
+# ```python
+# enc = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
+# r = pl.Trainer(lm, enc, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+# pl.snap_report(dev_p_at_1, r.prompt.to(lm.device), E, token_strings=strings)
+# ```
+#
+# </details>
+
+# %% [markdown]
+# **Next:** [06 · Classification with templates, anchors and verbalizers](06_nlu_with_verbalizers.ipynb)
