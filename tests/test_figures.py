@@ -115,6 +115,17 @@ def test_vocab_map_inputs(projection, emb, strings, tmp_path):
         F.vocab_map(projection, {"wide": torch.zeros(2, 3, D + 1)})
 
 
+def test_runs_and_train_results_are_run_like(runs):
+    """Run and TrainResult are recognised by their type (RunLike), a tensor or a tuple is not."""
+    for name, run in runs.items():
+        assert isinstance(run, F.RunLike)
+        traj = F.as_trajectory(run, name)
+        assert traj.steps == list(run.snapshot_steps)
+        np.testing.assert_array_equal(traj.snapshots, run.snapshots.numpy())
+    S = snapshots(2, 4)
+    assert not isinstance(S, F.RunLike) and not isinstance(([0, 1], S), F.RunLike)
+
+
 def test_snapshots_are_copied(projection):
     """A trainer's prompt may BE a parameter that keeps training: figures keep a copy."""
     p = torch.zeros(N, D)

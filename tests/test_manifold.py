@@ -57,7 +57,7 @@ def _reference(vectors: np.ndarray, E: np.ndarray, k: int, metric: str, allowed=
 # ------------------------------------------------------------------ 1. decoding
 @pytest.mark.parametrize("word_like", [False, True])
 def test_nearest_tokens_match_brute_force(emb, strings, word_like, monkeypatch):
-    monkeypatch.setattr(M, "_CHUNK_ELEMENTS", 3 * V)          # 3 queries per chunk: exercise chunking
+    monkeypatch.setattr(M.index, "_CHUNK_ELEMENTS", 3 * V)          # 3 queries per chunk: exercise chunking
     g = torch.Generator().manual_seed(1)
     vectors = torch.randn(10, D, generator=g)
     vectors[3] = emb[17] * 0.999                              # near a token: the L2 cancellation case
@@ -265,12 +265,12 @@ def test_vocab_stats_cache_reuse_and_invalidation(emb, cache, monkeypatch):
     first = M.vocab_stats(emb, "toy", subset=50, n_random=30)
     files = list((cache / "manifold").glob("vocab_stats-toy-*.safetensors"))
     assert len(files) == 1
-    real = M._compute_vocab_stats
+    real = M.stats._compute_vocab_stats
 
     def boom(*a, **k):
         raise AssertionError("recomputed although the cache is valid")
 
-    monkeypatch.setattr(M, "_compute_vocab_stats", boom)
+    monkeypatch.setattr(M.stats, "_compute_vocab_stats", boom)
     again = M.vocab_stats(emb, "toy", subset=50, n_random=30)
     np.testing.assert_array_equal(again.nn_cosine, first.nn_cosine)
     np.testing.assert_array_equal(again.random_best_cosine, first.random_best_cosine)
@@ -281,7 +281,7 @@ def test_vocab_stats_cache_reuse_and_invalidation(emb, cache, monkeypatch):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(M, "_compute_vocab_stats", counting)
+    monkeypatch.setattr(M.stats, "_compute_vocab_stats", counting)
     changed = emb.clone()
     changed[123, 4] += 0.5                                    # one entry of the embedding changed
     rebuilt = M.vocab_stats(changed, "toy", subset=50, n_random=30)
@@ -320,7 +320,7 @@ def test_pca_projection_matches_svd_and_places_tokens(emb, strings, cache, monke
     assert proj.transform(emb[:6].reshape(2, 3, D)).shape == (2, 3, 2)
     assert proj.frame()["token"][5] == strings[5].replace(" ", "␣")
 
-    monkeypatch.setattr(M, "_fit_pca", lambda X: (_ for _ in ()).throw(AssertionError("refit")))
+    monkeypatch.setattr(M.projection, "_fit_pca", lambda X: (_ for _ in ()).throw(AssertionError("refit")))
     start = time.perf_counter()
     cached = M.fit_projection(emb, strings, "toy", method="pca", subset=None, word_like=False)
     assert time.perf_counter() - start < 1.0
@@ -344,8 +344,8 @@ def test_projection_cache_corrupt_or_stale_is_rebuilt(emb, strings, cache, monke
     proj = M.fit_projection(emb, strings, "toy", subset=50)
     (path,) = (cache / "manifold").glob("projection-pca-toy-*.safetensors")
     calls = []
-    real = M._fit_pca
-    monkeypatch.setattr(M, "_fit_pca", lambda X: calls.append(1) or real(X))
+    real = M.projection._fit_pca
+    monkeypatch.setattr(M.projection, "_fit_pca", lambda X: calls.append(1) or real(X))
     path.write_bytes(b"{}")
     again = M.fit_projection(emb, strings, "toy", subset=50)
     assert calls == [1]
@@ -388,7 +388,7 @@ def test_umap_fit_is_deterministic_and_cached(emb, strings, cache, monkeypatch):
                             n_neighbors=8, n_epochs=30)
     assert proj.coords.shape == (V, 2) and np.isfinite(proj.coords).all()
     np.testing.assert_array_equal(proj.transform(emb[[0, 10]]), proj.coords[[0, 10]])
-    monkeypatch.setattr(M, "_fit_umap", lambda *a: (_ for _ in ()).throw(AssertionError("refit")))
+    monkeypatch.setattr(M.projection, "_fit_umap", lambda *a: (_ for _ in ()).throw(AssertionError("refit")))
     cached = M.fit_projection(emb, strings, "toy", method="umap", subset=None, word_like=False,
                               n_neighbors=8, n_epochs=30)
     np.testing.assert_array_equal(cached.coords, proj.coords)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptuning_lab.tasks import (TASK_NAMES, Example, Task, TaskError, load_task, polarity_task, relation_task,
-                               task_from_file)
+from ptuning_lab.tasks import (TASK_NAMES, Example, Task, TaskError, load_task, polarity_task, register_task,
+                               relation_task, task_from_file, task_names)
 from ptuning_lab.templates import TemplateError
 
 RELATIONS = ("capital", "continent", "language", "currency")
@@ -146,7 +146,7 @@ def test_polarity_is_balanced_with_default_verbalizer():
 
 
 def test_polarity_leaves_out_offensive_words_unless_asked():
-    from ptuning_lab.tasks import _offensive_words
+    from ptuning_lab.tasks.polarity import _offensive_words
 
     blocked = _offensive_words()
     assert len(blocked) > 500 and all(w == w.strip().lower() for w in blocked)
@@ -433,9 +433,32 @@ def test_fuzz_structured_rows(rows, suffix):
 
 
 def test_missing_data_package_or_file_names_the_fix():
-    from ptuning_lab.tasks import _package_lines
+    from ptuning_lab.tasks.files import _package_lines
 
     with pytest.raises(TaskError, match=r"needs the package no-such-pkg; install it with pip install no-such-pkg"):
         _package_lines("no_such_pkg_for_test", "words.txt", "no-such-pkg", "the polarity task")
     with pytest.raises(TaskError, match=r"cannot read .*missing\.txt.*pip install --force-reinstall vadersentiment"):
         _package_lines("vaderSentiment", "missing.txt", "vadersentiment", "the polarity task")
+
+
+def test_a_registered_task_family_loads_by_name(monkeypatch):
+    """One register_task call makes load_task find a new task; names stay unique and relations list first."""
+    from ptuning_lab.tasks import registry
+    from ptuning_lab.tasks.base import _make_task
+
+    monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))      # leave the real table untouched
+    words = [Example(w, "yes" if i % 2 else "no", "pos" if i % 2 else "neg") for i, w in enumerate("abcdefghij")]
+
+    def toy(seed, template=None, split=(0.6, 0.2, 0.2), max_examples=None, verbalizer=None):
+        verb = verbalizer or {"neg": "no", "pos": "yes"}
+        examples = [Example(e.input, verb[e.label], e.label) for e in words]
+        return _make_task("toy", template or "[X] is", examples, "classification", verb, seed, split, max_examples)
+
+    register_task("toy", toy, kind="classification")
+    task = load_task("Toy", seed=1, verbalizer={"neg": "bad", "pos": "good"})
+    assert task.name == "toy" and task.answers == ["bad", "good"] and len(task.examples) == 10
+    assert task_names()[-2:] == ("polarity", "toy") and task_names()[:4] == TASK_NAMES[:4]
+    with pytest.raises(TaskError, match="already registered"):
+        register_task("capital", toy, kind="classification")
+    with pytest.raises(TaskError, match="kind must be"):
+        register_task("other", toy, kind="regression")

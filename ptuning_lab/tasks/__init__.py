@@ -1,0 +1,90 @@
+"""Tasks: examples, a manual template, the answer set, and a deterministic train/dev/test split.
+
+Five tasks are built at run time from offline packages, so nothing is downloaded:
+
+============  ==============================================  =====================================
+name          manual template                                 answer (after one space)
+============  ==============================================  =====================================
+capital       ``The capital of [X] is``                       ``Paris``       (countryinfo)
+continent     ``[X] is located in``                           ``Europe``      (countryinfo region)
+language      ``The official language of [X] is``             ``French``      (first listed, pycountry name)
+currency      ``The official currency of [X] is the``         ``Euro``        (pycountry ISO 4217 name)
+polarity      ``The word "[X]" means something``              ``good``/``bad`` (VADER lexicon)
+============  ==============================================  =====================================
+
+Your own data works too: a ``.jsonl`` or ``.csv`` file with ``subject,object`` (a relation) or
+``text,label`` (classification), its template given by ``template=`` or by a first line
+``# template: The capital of [X] is`` (JSONL also accepts ``{"template": "..."}``). In CSV, ``#``
+lines are comments only above the header; in JSONL, anywhere.
+
+    >>> task = load_task("capital", seed=0)
+    >>> task.train[0]
+    Example(input='Albania', target='Tirana', label=None)
+    >>> print(task.summary())
+    capital (relation): 145/49/49 train/dev/test | template 'The capital of [X] is' | 242 answers
+
+The same ``seed`` always gives the same split; the seed never changes *which* examples a built-in
+task holds, only how they are shuffled into train/dev/test (and which survive ``max_examples``).
+
+Layout (arrows point one way: ``__init__`` -> task families -> ``files``, ``registry`` -> ``base``):
+
+- ``base``       -- :class:`Example`, :class:`Task`, :class:`TaskError`, checks, the seeded split
+- ``registry``   -- :func:`register_task`: the table of named tasks
+- ``files``      -- :func:`task_from_file` (your ``.jsonl``/``.csv``) and data files inside installed packages
+- ``relations``  -- the country relations (capital, continent, language, currency)
+- ``polarity``   -- word polarity from the VADER lexicon
+
+Adding a task family is one new module that builds its examples with ``base._make_task`` and
+calls ``register_task(name, builder, kind)`` once per task, plus one import line below (importing
+the module registers its tasks).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..suggest import did_you_mean
+from .base import DEFAULT_SPLIT, SPLIT_NAMES, Example, Task, TaskError, TaskTemplateError
+from .files import COLUMNS, FILE_KINDS, task_from_file
+from .polarity import POLARITY_TEMPLATE, POLARITY_VERBALIZER, polarity_task
+from .registry import TaskSpec, register_task, task_names, task_spec
+from .relations import RELATION_TEMPLATES, relation_task
+
+# importing a family module above registered its tasks; these are the built-in ones (relations first)
+TASK_NAMES = task_names()
+
+
+def load_task(name_or_path: str | Path, seed: int = 0, template: str | None = None,
+              split: Sequence[float] = DEFAULT_SPLIT, max_examples: int | None = None,
+              verbalizer: dict | None = None) -> Task:
+    """A built-in task by name (``TASK_NAMES``) or a ``.jsonl``/``.csv`` file by path.
+
+    ``template`` replaces the manual template; ``split`` are the train/dev/test fractions;
+    ``max_examples`` keeps that many examples after the seeded shuffle; ``verbalizer`` maps
+    classification labels to answer words.
+    """
+    key = str(name_or_path).strip()
+    spec = None if isinstance(name_or_path, Path) else task_spec(key.lower())
+    if spec is not None:
+        if spec.kind == "classification":
+            return spec.build(seed, template=template, split=split, max_examples=max_examples, verbalizer=verbalizer)
+        if verbalizer is not None:
+            raise TaskError(f"verbalizer= only applies to classification tasks, but '{spec.name}' is a relation "
+                            "(its answers are the objects). Drop verbalizer=.")
+        return spec.build(seed, template=template, split=split, max_examples=max_examples)
+    path = Path(key)
+    if isinstance(name_or_path, Path) or path.suffix or path.exists() or "/" in key or "\\" in key:
+        return task_from_file(path, seed, template=template, split=split, max_examples=max_examples,
+                              verbalizer=verbalizer)
+    names = task_names()
+    raise TaskError(f"unknown task {key!r}.{did_you_mean(key, names)} Built-in tasks: {', '.join(names)}; "
+                    "or give the path of a .jsonl/.csv file with columns subject,object (relation) or text,label "
+                    "(classification).")
+
+
+__all__ = [
+    "TASK_NAMES", "load_task", "register_task", "task_names", "task_spec", "TaskSpec",
+    "Example", "Task", "TaskError", "TaskTemplateError", "DEFAULT_SPLIT", "SPLIT_NAMES",
+    "RELATION_TEMPLATES", "relation_task", "POLARITY_TEMPLATE", "POLARITY_VERBALIZER", "polarity_task",
+    "FILE_KINDS", "COLUMNS", "task_from_file",
+]

@@ -1,0 +1,195 @@
+"""What every task is made of: :class:`Example`, :class:`Task`, :class:`TaskError`, checks and the seeded split.
+
+A task family builds its examples and hands them to :func:`_make_task`, which checks the
+template, shuffles with the seed, caps at ``max_examples`` and splits train/dev/test (stratified
+by label for classification).
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from ..templates import Template, TemplateError
+
+DEFAULT_SPLIT = (0.6, 0.2, 0.2)
+SPLIT_NAMES = ("train", "dev", "test")
+
+
+class TaskError(ValueError):
+    """Bad task input (name, file, columns, split...); the message names the problem and the fix."""
+
+
+class TaskTemplateError(TaskError, TemplateError):
+    """A task's template is malformed: both a ``TaskError`` and a ``TemplateError``."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example: the ``[X]`` text and the answer that follows the template.
+
+    ``target`` has no leading space ("Paris"); the space is added when tokenizing the answer.
+    ``label`` is the class name for classification ("positive"), ``None`` for relations.
+    """
+
+    input: str
+    target: str
+    label: str | None = None
+
+
+@dataclass
+class Task:
+    """A named task: a manual template, three disjoint splits and the candidate answers."""
+
+    name: str = field(metadata={"help": "task name: a built-in name or the file's stem"})
+    template: str = field(metadata={"help": "LAMA-style manual template with one [X], e.g. 'The capital of [X] is'"})
+    train: list[Example] = field(metadata={"help": "training examples"})
+    dev: list[Example] = field(metadata={"help": "development examples (early stopping, model choice)"})
+    test: list[Example] = field(metadata={"help": "held-out test examples"})
+    answers: list[str] = field(metadata={"help": "sorted candidate answers: distinct targets, or the verbalizer words"})
+    kind: str = field(default="relation", metadata={"help": "'relation' or 'classification'"})
+    verbalizer: dict[str, str] | None = field(
+        default=None, metadata={"help": "classification only: label -> answer word, e.g. {'positive': 'good'}"})
+
+    @property
+    def examples(self) -> list[Example]:
+        """All examples: train, then dev, then test."""
+        return [*self.train, *self.dev, *self.test]
+
+    @property
+    def labels(self) -> list[str]:
+        """Classification labels in verbalizer order (empty for a relation)."""
+        return list(self.verbalizer) if self.verbalizer else []
+
+    def summary(self) -> str:
+        """One line: name, kind, split sizes, template, number of answers (and the verbalizer)."""
+        line = (f"{self.name} ({self.kind}): {len(self.train)}/{len(self.dev)}/{len(self.test)} train/dev/test"
+                f" | template {self.template!r} | {len(self.answers)} answers")
+        if self.verbalizer:
+            line += " | verbalizer " + ", ".join(f"{k}->{v}" for k, v in self.verbalizer.items())
+        return line
+
+
+def _check_template(template) -> str:
+    if not isinstance(template, str):
+        raise TaskTemplateError(f"template must be a string like \"The capital of [X] is\", "
+                                f"got {type(template).__name__}.")
+    # the answer follows after one space, so trailing whitespace would give two
+    template = template.rstrip()
+    try:
+        Template.parse(template).validate(need_virtual=False, need_input=True)
+    except TemplateError as e:
+        raise TaskTemplateError(str(e)) from e
+    return template
+
+
+def _check_verbalizer(verbalizer, labels: Sequence[str]) -> dict[str, str]:
+    if not isinstance(verbalizer, dict):
+        raise TaskError(f"verbalizer must be a dict label -> word, e.g. {{'positive': 'good'}}; got "
+                        f"{type(verbalizer).__name__}.")
+    uncovered = [label for label in labels if label not in verbalizer]
+    if uncovered:
+        example = ", ".join(f"{label!r}: '...'" for label in uncovered[:3])
+        raise TaskError(f"labels {uncovered} have no verbalizer word (it covers {sorted(map(str, verbalizer))}); "
+                        f"add them, e.g. verbalizer={{..., {example}}}, or drop verbalizer= to use each label as "
+                        "its own word.")
+    out = {}
+    for label in labels:
+        word = verbalizer[label]
+        if not isinstance(word, str) or not word.strip():
+            raise TaskError(f"verbalizer word for label {label!r} is {word!r}; give a non-empty word such as 'good'.")
+        out[label] = word.strip()
+    words = Counter(out.values())
+    clash = [w for w, n in words.items() if n > 1]
+    if clash:
+        raise TaskError(f"verbalizer maps several labels to {clash}; give each label its own word.")
+    return out
+
+
+def _check_split(split) -> tuple[float, float, float]:
+    try:
+        fractions = tuple(float(f) for f in split)
+    except (TypeError, ValueError):
+        fractions = ()
+    if len(fractions) != 3 or not all(math.isfinite(f) and f > 0 for f in fractions) \
+            or abs(sum(fractions) - 1) > 1e-6:
+        raise TaskError(f"split={split!r}: give three positive train/dev/test fractions summing to 1, "
+                        "e.g. (0.6, 0.2, 0.2).")
+    return fractions  # type: ignore[return-value]
+
+
+def _split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    # round half up (Python's round() rounds half to even, which makes sizes jump with n)
+    dev, test = (math.floor(n * f + 0.5) for f in fractions[1:])
+    return n - dev - test, dev, test
+
+
+def _needed(fractions: tuple[float, float, float]) -> int:
+    n = 1
+    while min(_split_sizes(n, fractions)) < 1:
+        n += 1
+    return n
+
+
+def _make_task(name: str, template: str, examples: list[Example], kind: str, verbalizer: dict | None,
+               seed: int, split, max_examples: int | None) -> Task:
+    """Shuffle with ``seed``, cap at ``max_examples``, split (stratified by label for classification)."""
+    template = _check_template(template)
+    fractions = _check_split(split)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        # random.Random(None) would seed from the clock and silently break reproducibility
+        raise TaskError(f"seed={seed!r}: give an integer; the same seed always gives the same split.")
+    if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int)
+                                     or max_examples < 1):
+        raise TaskError(f"max_examples={max_examples!r}: give a positive integer, or None for all examples.")
+    if not examples:
+        raise TaskError(f"task {name!r} has no examples; give a file with at least {_needed(fractions)} rows.")
+    rng = random.Random(seed)
+    if kind == "classification":
+        groups: dict[str, list[Example]] = defaultdict(list)
+        for ex in examples:
+            groups[ex.label].append(ex)
+        order = sorted(groups)
+        for label in order:
+            rng.shuffle(groups[label])
+        if max_examples is not None and max_examples < len(examples):
+            quotas = _proportional(max_examples, [len(groups[label]) for label in order])
+            groups = {label: groups[label][:q] for label, q in zip(order, quotas)}
+        splits: list[list[Example]] = [[], [], []]
+        for label in order:
+            start = 0
+            for part, size in zip(splits, _split_sizes(len(groups[label]), fractions)):
+                part.extend(groups[label][start:start + size])
+                start += size
+        for part in splits:  # labels interleaved, not in blocks
+            rng.shuffle(part)
+    else:
+        pool = list(examples)
+        rng.shuffle(pool)
+        pool = pool[:max_examples] if max_examples is not None else pool
+        sizes = _split_sizes(len(pool), fractions)
+        splits = [pool[:sizes[0]], pool[sizes[0]:sizes[0] + sizes[1]], pool[sizes[0] + sizes[1]:]]
+    total = sum(map(len, splits))
+    empty = [s for s, part in zip(SPLIT_NAMES, splits) if not part]
+    if empty:
+        raise TaskError(f"task {name!r}: split {fractions} of {total} examples leaves {' and '.join(empty)} empty; "
+                        f"need at least {_needed(fractions)} examples (raise max_examples=, add rows, "
+                        "or change split=).")
+    if kind == "classification":
+        answers = sorted(verbalizer.values())
+    else:
+        answers = sorted({ex.target for ex in splits[0] + splits[1] + splits[2]})
+    return Task(name=name, template=template, train=splits[0], dev=splits[1], test=splits[2],
+                answers=answers, kind=kind, verbalizer=verbalizer)
+
+
+def _proportional(total: int, counts: list[int]) -> list[int]:
+    """Split ``total`` over groups in proportion to ``counts`` (largest remainder, ties to the first)."""
+    whole = sum(counts)
+    exact = [total * c / whole for c in counts]
+    quotas = [math.floor(e) for e in exact]
+    for i in sorted(range(len(counts)), key=lambda i: -(exact[i] - quotas[i]))[: total - sum(quotas)]:
+        quotas[i] += 1
+    return quotas
