@@ -10,7 +10,8 @@ import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Sequence
+from types import MappingProxyType
+from typing import Mapping, Sequence
 
 from ..templates import Template, TemplateError
 
@@ -28,15 +29,38 @@ class TaskTemplateError(TaskError, TemplateError):
 
 @dataclass(frozen=True)
 class Example:
-    """One example: the ``[X]`` text and the answer that follows the template.
+    """One example: the ``[X]`` text (or named input slots) and the answer that follows the template.
 
     ``target`` has no leading space ("Paris"); the space is added when tokenizing the answer.
-    ``label`` is the class name for classification ("positive"), ``None`` for relations.
+    ``label`` is the class name for classification ("positive"); for multiple choice the gold
+    index as a string ("0"); ``None`` for relations.
+    ``fields`` fill named template slots (``[premise]``, ``[hypothesis]``); ``[X]`` reads ``input``.
+    ``choices`` are the candidate texts of a multiple-choice example (COPA's two alternatives);
+    ``group`` ties examples scored together (MultiRC: one question's answers, for exact match).
     """
 
-    input: str
-    target: str
+    input: str = ""
+    target: str = ""
     label: str | None = None
+    fields: Mapping[str, str] = field(default_factory=dict, hash=False)   # hash: input, target, label, choices
+    choices: tuple[str, ...] = ()
+    group: str | None = None
+
+    def __post_init__(self):
+        # read-only, so a frozen Example cannot be changed through its fields either
+        object.__setattr__(self, "fields", MappingProxyType(dict(self.fields)))
+        object.__setattr__(self, "choices", tuple(self.choices))
+
+    def slot(self, name: str) -> str:
+        """The text of template slot ``name``: ``"X"`` (or ``"input"``) is :attr:`input`, others are fields."""
+        if name in ("X", "input"):
+            return self.input
+        try:
+            return self.fields[name]
+        except KeyError:
+            have = ", ".join(sorted(self.fields)) or "none (only [X])"
+            raise TaskError(f"the template has a slot [{name}] but the example has no field {name!r}; its fields: "
+                            f"{have}. Rename the slot or add the field to the data.") from None
 
 
 @dataclass
@@ -52,6 +76,9 @@ class Task:
     kind: str = field(default="relation", metadata={"help": "'relation' or 'classification'"})
     verbalizer: dict[str, str] | None = field(
         default=None, metadata={"help": "classification only: label -> answer word, e.g. {'positive': 'good'}"})
+    metrics: tuple[str, ...] = field(
+        default=(), metadata={"help": "what evaluation reports, e.g. ('accuracy', 'f1_macro'); () = the kind's default"})
+    source: str = field(default="", metadata={"help": "where the data comes from (package, file or hub id)"})
 
     @property
     def examples(self) -> list[Example]:
