@@ -19,6 +19,7 @@ trainer runs exactly as it always did, and Accelerate is not even started.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -181,8 +182,12 @@ class Distributed:
         Every rank calls it (the trainer does, for its model); calling it again changes nothing.
         """
         config = sharding.sharding_config() if self.accelerator else None
-        if config is not None:
-            sharding.shard_frozen_model(lm.model, config, self.device)
+        if config is None or sharding.is_sharded(lm.model):
+            return
+        sharding.shard_frozen_model(lm.model, config, self.device)
+        held, total = sharding.block_weights(lm.model)
+        print(f"process {self.rank}: frozen model sharded over {self.world_size} processes (FSDP2); it holds "
+              f"{held:,} of the {total:,} block weights", file=sys.stderr, flush=True)
 
     def shard(self, items: Sequence) -> list:
         """This rank's contiguous shard of ``items``; all of them in a single process."""

@@ -92,7 +92,7 @@ def transformer_blocks(model: nn.Module, classes: tuple[str, ...] = ()) -> list[
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return getattr(model, "_ptuning_lab_lockstep", None) is not None
+    return getattr(model, "_ptuning_lab_sharded", False)
 
 
 def shard_frozen_model(model: nn.Module, config: ShardingConfig | None = None,
@@ -135,36 +135,55 @@ def shard_frozen_model(model: nn.Module, config: ShardingConfig | None = None,
     # the body as the root unit: one lazy initialisation and one set of streams for all blocks
     fully_shard(body, mesh=mesh, reshard_after_forward=config.reshard_after_forward, offload_policy=offload,
                 ignored_params={p for p in body.parameters() if p not in in_blocks})
-    model._ptuning_lab_lockstep = Lockstep(body)
+    lockstep().add(body)
+    model._ptuning_lab_sharded = True
     return model
+
+
+def block_weights(model: nn.Module) -> tuple[int, int]:
+    """``(held, total)``: weights of the sharded blocks this rank stores, and in the whole model."""
+    from torch.distributed.tensor import DTensor
+
+    held = total = 0
+    for p in model.parameters():
+        if isinstance(p, DTensor):
+            held += p.to_local().numel()
+            total += p.numel()
+    return held, total
 
 
 # ---------------------------------------------------------------- the forward lockstep
 NO_GRAD, GRAD, DONE = 1, 2, 3     # what a rank asks to run next; the smallest request runs first
-_LOCKSTEPS: list["Lockstep"] = []
+_MODELS = 1 << 20                 # a request is kind * _MODELS + the index of the sharded body it runs
 
 
 class Lockstep:
-    """Makes every rank run the same sequence of forwards of a sharded ``body`` (see the module docstring).
+    """Makes every rank run the same sequence of forwards of the sharded bodies (see the module docstring).
 
-    Before each forward the ranks all-reduce (MIN) what they are about to run: ``NO_GRAD``, ``GRAD``
-    or, in :meth:`join`, ``DONE``. A rank whose request is larger than the minimum runs a dummy
-    forward without gradients and asks again. The requests travel on a gloo group of their own: CPU
-    integers, so a GPU run does not wait for the device to decide.
+    One per process (:func:`lockstep`), for every model sharded in it. Before each forward the
+    ranks all-reduce (MIN) what they are about to run: ``NO_GRAD`` or ``GRAD``, and which body; in
+    :meth:`join`, ``DONE``. A rank whose request is larger than the minimum runs a dummy forward
+    without gradients of the body the minimum names, and asks again. The requests travel on a gloo
+    group of their own: CPU integers, so a GPU run does not wait for the device to decide.
     """
 
-    def __init__(self, body: nn.Module):
-        self.body = body
+    def __init__(self):
         self.group = dist.new_group(backend="gloo")
+        self.bodies: list[nn.Module] = []        # in the order they were sharded: the same on every rank
         self._inside = False
         self.dummy_forwards = 0
-        # prepend: the agreement comes before FSDP's own pre-forward hook (the all-gathers)
-        body.register_forward_pre_hook(self._before_forward, prepend=True)
-        _LOCKSTEPS.append(self)
 
-    def _before_forward(self, module, args):
-        if not self._inside:                     # the dummy forward itself is not agreed upon again
-            self._agree(GRAD if torch.is_grad_enabled() else NO_GRAD)
+    def add(self, body: nn.Module) -> None:
+        index = len(self.bodies)
+        self.bodies.append(body)
+
+        def before_forward(module, args, kwargs):
+            if not self._inside:                 # the dummy forward itself is not agreed upon again
+                grad = torch.is_grad_enabled() and _needs_grad([*args, *kwargs.values()])
+                self._agree((GRAD if grad else NO_GRAD) * _MODELS + index)
+
+        # prepend: the agreement comes before FSDP's own pre-forward hook (the all-gathers)
+        body.register_forward_pre_hook(before_forward, prepend=True, with_kwargs=True)
 
     def _agree(self, request: int) -> None:
         while True:
@@ -173,32 +192,62 @@ class Lockstep:
             lowest = int(t)
             if lowest == request:
                 return
-            if lowest == GRAD:
+            kind, index = divmod(lowest, _MODELS)
+            if kind == GRAD:
                 # a forward with gradients needs this rank's backward too: a dummy cannot stand in for it
                 raise RuntimeError("ranks out of step: another rank runs a training forward of the sharded model "
                                    "that this rank does not; every rank must run one per training step "
                                    "(ptuning_lab.distributed.shard_loss pads an empty shard).")
-            self._dummy()
+            self._dummy(self.bodies[index])
 
     @torch.no_grad()
-    def _dummy(self) -> None:
-        weight = self.body.get_input_embeddings().weight
+    def _dummy(self, body: nn.Module) -> None:
+        weight = body.get_input_embeddings().weight
         self._inside = True
         try:
-            self.body(inputs_embeds=torch.zeros(1, 1, weight.shape[1], dtype=weight.dtype, device=weight.device),
-                      use_cache=False)
+            body(inputs_embeds=torch.zeros(1, 1, weight.shape[1], dtype=weight.dtype, device=weight.device),
+                 use_cache=False)
         finally:
             self._inside = False
         self.dummy_forwards += 1
 
     def join(self) -> None:
         """Return when every rank has run all its forwards (running dummies for the others meanwhile)."""
-        self._agree(DONE)
+        self._agree(DONE * _MODELS)
+
+
+_LOCKSTEP: Lockstep | None = None
+
+
+def lockstep() -> Lockstep:
+    """This process's :class:`Lockstep` (made by the first call, on every rank)."""
+    global _LOCKSTEP
+    if _LOCKSTEP is None:
+        _LOCKSTEP = Lockstep()
+    return _LOCKSTEP
 
 
 def active() -> bool:
     """True when this process holds a sharded model (its forwards then need :func:`join`)."""
-    return bool(_LOCKSTEPS)
+    return _LOCKSTEP is not None and bool(_LOCKSTEP.bodies)
+
+
+def _needs_grad(values) -> bool:
+    """True when an input of a forward requires grad: the prompt in the embeddings, or a K/V prefix
+    in the cache. Grad mode alone does not tell (the fast path computes its prefix cache with grad
+    mode on and frozen inputs; that forward has no backward)."""
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            if v.requires_grad:
+                return True
+        elif hasattr(v, "layers"):                                  # a transformers cache (>= 4.56)
+            if any(getattr(layer, name, None) is not None and getattr(layer, name).requires_grad
+                   for layer in v.layers for name in ("keys", "values")):
+                return True
+        elif hasattr(v, "key_cache"):                               # older caches
+            if any(t.requires_grad for t in [*v.key_cache, *v.value_cache]):
+                return True
+    return False
 
 
 def join() -> None:
@@ -207,10 +256,11 @@ def join() -> None:
     Call it on every rank before any other collective, or a rank blocked there would leave the
     others waiting in a forward.
     """
-    for lockstep in list(_LOCKSTEPS):
-        lockstep.join()
+    if active():
+        _LOCKSTEP.join()
 
 
 def forget() -> None:
     """Drop the lockstep state (the process group is being destroyed)."""
-    _LOCKSTEPS.clear()
+    global _LOCKSTEP
+    _LOCKSTEP = None
