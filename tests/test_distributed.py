@@ -352,3 +352,17 @@ def test_transformer_blocks_are_found(tokenizer):
         assert [type(b).__name__ for b in blocks] == [cls, cls]
         with pytest.raises(ValueError, match="fsdp_transformer_layer_cls_to_wrap"):
             transformer_blocks(model, ("NoSuchBlock",))
+
+
+@pytest.mark.slow          # a torchrun of 2 CPU processes plus the 1-process reference it starts: about 25 s
+def test_sharded_benchmark_checks_equality_on_cpu(tmp_path):
+    """benchmarks/sharded.py (written for GPUs) runs sharded under torchrun with gloo, and its --check holds."""
+    out = tmp_path / "bench.json"
+    proc = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                 str(_free_port()), "benchmarks/sharded.py", "--device", "cpu", "--check", "--json", str(out)],
+                tmp_path)
+    check = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHECK")]
+    assert len(check) == 1 and check[0].endswith("OK"), proc.stdout
+    ranks = json.loads(out.read_text())["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["sharded"] and r["tokens_per_s"] > 0 for r in ranks)
+    assert ranks[0]["losses"] == pytest.approx(ranks[1]["losses"], abs=0)        # one global loss per step
