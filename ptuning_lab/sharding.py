@@ -92,6 +92,7 @@ def transformer_blocks(model: nn.Module, classes: tuple[str, ...] = ()) -> list[
 
 
 def is_sharded(model: nn.Module) -> bool:
+    """True when :func:`shard_frozen_model` has sharded ``model`` (in this process)."""
     return getattr(model, "_ptuning_lab_sharded", False)
 
 
