@@ -366,3 +366,25 @@ def test_sharded_benchmark_checks_equality_on_cpu(tmp_path):
     ranks = json.loads(out.read_text())["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["sharded"] and r["tokens_per_s"] > 0 for r in ranks)
     assert ranks[0]["losses"] == pytest.approx(ranks[1]["losses"], abs=0)        # one global loss per step
+
+
+def test_only_forwards_with_inputs_that_need_grad_count_as_training_forwards(gpt2, monkeypatch):
+    """The lockstep tells a training forward (it has a backward on every rank) from one without gradients
+    by its inputs: grad mode alone would count the fast path's prefix-cache forward as training."""
+    from transformers import DynamicCache
+
+    from ptuning_lab.sharding import _needs_grad
+
+    frozen, trained = torch.zeros(2, 3), torch.zeros(2, 3, requires_grad=True)
+    assert not _needs_grad([frozen, None, 3]) and _needs_grad([frozen, trained])
+    cache = DynamicCache()
+    cache.update(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), 0)
+    assert not _needs_grad([frozen, cache])
+    cache.update(torch.zeros(1, 2, 3, 4, requires_grad=True), torch.zeros(1, 2, 3, 4), 1)     # a K/V prefix
+    assert _needs_grad([frozen, cache])
+    # without a launch an FSDP environment changes nothing: one process has nothing to shard over
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    ctx = Distributed()
+    ctx.prepare_frozen_model(gpt2)
+    assert not ctx.sharded and all(type(p) is torch.nn.Parameter for p in gpt2.model.parameters())
