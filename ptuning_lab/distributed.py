@@ -11,10 +11,12 @@ same optimizer step as a single process would on the whole batch, and the prompt
 
 Evaluation shards the examples the same way and gathers each rank's metrics; every rank combines
 them identically, so early stopping and the best state agree everywhere. Only the main process
-writes files. Under an FSDP launch (``accelerate launch --config_file configs/accelerate_fsdp.yaml``)
-the frozen model is sharded across the ranks instead of copied (:mod:`ptuning_lab.sharding`); the
-prompt encoder and everything above stay as they are. Without a launcher (plain ``python``), :func:`context` is a single process: the
+writes files. Without a launcher (plain ``python``), :func:`context` is a single process: the
 trainer runs exactly as it always did, and Accelerate is not even started.
+
+Under an FSDP launch (``accelerate launch --config_file configs/accelerate_fsdp.yaml``) the frozen
+model is sharded across the ranks instead of copied (:mod:`ptuning_lab.sharding`); the prompt
+encoder, its summed gradients and everything above stay as they are.
 """
 from __future__ import annotations
 
