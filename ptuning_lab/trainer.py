@@ -140,6 +140,7 @@ class Trainer:
                              f"encoder has no input-layer prompt. Set waywardness_gamma=0.")
         self.callbacks = list(callbacks)
         self.dist = distributed.context()      # a single process unless started by `accelerate launch`
+        self.dist.prepare_frozen_model(lm)     # an FSDP launch: the frozen model is sharded across the ranks
         self.dist.broadcast_parameters(self.encoder)       # under a launch: every rank starts from rank 0's weights
         self.out_dir = Path(out_dir) if out_dir else None
         self.run_config = run_config or {}
