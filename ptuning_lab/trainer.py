@@ -214,9 +214,8 @@ class Trainer:
         """The prompt (n, d) the encoder makes now, in eval mode (no dropout)."""
         was = self.encoder.training
         self.encoder.eval()
-        prompt = self.encoder().detach()
-        if isinstance(prompt, torch.Tensor):
-            prompt = prompt.clone()      # a direct encoder returns its own weight: snapshots must not alias it
+        # direct and prefix-table encoders return views of their own weights: snapshots must not alias them
+        prompt = self.encoder().detach().clone()
         self.encoder.train(was)
         return prompt
 
