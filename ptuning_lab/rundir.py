@@ -42,6 +42,10 @@ class RunDirError(ValueError):
     """An output directory that cannot be used as asked; the message names it and says what to do."""
 
 
+class RunDirBusyError(RunDirError, FileExistsError):
+    """The output directory already holds a run (or other files) and neither overwrite nor resume was asked."""
+
+
 def _leftover(name: str) -> bool:
     """A temporary file of checkpoint's atomic writes (``.prompt.safetensors.x1y2.tmp``) left by a crash."""
     return name.startswith(".") and name.endswith(".tmp")
@@ -250,8 +254,8 @@ def check(out, *, overwrite: bool = False, resume: bool = False, break_lock: boo
     if resume or not holds_results(out):
         return out
     if not overwrite:
-        raise RunDirError(f"{out} already holds files (another run?). Choose another --out, pass --overwrite to "
-                          "replace a ptuning_lab run there, or --resume to continue it.")
+        raise RunDirBusyError(f"{out} already holds files (another run?). Choose another --out, pass --overwrite "
+                              "(overwrite=True) to replace a ptuning_lab run there, or --resume to continue it.")
     if kind_of(out) is None:
         raise RunDirError(f"refusing to --overwrite {out}: it is not a ptuning_lab run directory (it holds "
                           f"{_listing(sorted(os.listdir(out)))}). --overwrite only replaces a run this tool wrote; "
@@ -400,5 +404,5 @@ def make_subrun(path, kind: str = "run") -> Path:
     return path
 
 
-__all__ = ["MARKER", "LOCK", "RESULT_FILES", "RunDirError", "Claim", "kind_of", "foreign_entries", "holds_results",
+__all__ = ["MARKER", "LOCK", "RESULT_FILES", "RunDirError", "RunDirBusyError", "Claim", "kind_of", "foreign_entries", "holds_results",
            "read_lock", "lock_is_stale", "acquire_lock", "release_lock", "remove_stale_lock", "check", "claim", "make_subrun"]
