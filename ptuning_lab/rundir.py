@@ -279,6 +279,7 @@ class Claim:
 
     def __init__(self, out: Path, path: Path, *, replacing: bool, created: bool, locked: bool):
         self.out, self.path, self.replacing, self.created, self.locked = out, path, replacing, created, locked
+        self.created_root = out          # the topmost directory this claim made (set by claim)
         self.done = False
 
     def __enter__(self) -> Path:
@@ -324,6 +325,9 @@ class Claim:
                 if self.created:
                     release_lock(self.out)
                     _remove_empty_tree(self.path)
+                    for parent in self.path.parents:         # and the parents it made (--out new/dirs/run)
+                        if parent == self.created_root.parent or not _rmdir(parent):
+                            break
         finally:
             if self.locked and self.out.is_dir():
                 release_lock(self.out)
@@ -336,10 +340,15 @@ def _remove_empty_tree(path: Path) -> None:
             _remove_empty_tree(Path(entry.path))
         elif _leftover(entry.name):
             os.unlink(entry.path)
+    _rmdir(path)
+
+
+def _rmdir(path: Path) -> bool:
     try:
         path.rmdir()
+        return True
     except OSError:
-        pass
+        return False
 
 
 def _write_marker(path: Path, kind: str) -> None:
@@ -360,6 +369,9 @@ def claim(out, *, overwrite: bool = False, resume: bool = False, break_lock: boo
     replacing = bool(overwrite and out.is_dir() and holds_results(out))
     path = _sibling(out, NEW_SUFFIX) if replacing else out
     created = not out.exists()
+    created_root = out
+    while not created_root.parent.exists():
+        created_root = created_root.parent
     distributed.wait_for_everyone()          # every rank has checked before the main process writes
     locked = False
     if distributed.is_main_process():
@@ -392,7 +404,9 @@ def claim(out, *, overwrite: bool = False, resume: bool = False, break_lock: boo
                 release_lock(out)
             raise
     distributed.wait_for_everyone()
-    return Claim(out, path, replacing=replacing, created=created, locked=locked)
+    done = Claim(out, path, replacing=replacing, created=created, locked=locked)
+    done.created_root = created_root
+    return done
 
 
 def make_subrun(path, kind: str = "run") -> Path:

@@ -277,3 +277,189 @@ def test_hostile_input_is_one_error_line_and_loses_nothing(results, case_id, arg
     assert len(errors) == 1, res["stderr"]
     assert says in errors[0], errors[0]
     assert not res["changed"], f"files changed: {res['changed']}"
+
+
+# ---------------------------------------------------------------- focused tests, one per guarantee
+TRAIN = ["train", "--task", "capital", "--encoder", "direct", "--max-examples", "30", "--device", "cpu",
+         "--batch-size", "4", "--eval-every", "2", "--quiet"]
+
+
+def _train(main, model, out, *extra):
+    return main([*TRAIN, "--model", model, "--max-steps", "2", "--out", str(out), *extra])
+
+
+def test_overwrite_replaces_a_run_by_renaming_and_a_failed_new_run_leaves_the_old_one(tiny_model_dir, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """18.1: the new run is written beside the old one; only a complete new run takes its place."""
+    from ptuning_lab import rundir
+    from ptuning_lab.cli import main
+    from ptuning_lab.trainer import Trainer
+
+    out = tmp_path / "run"
+    assert _train(main, tiny_model_dir, out) == 0
+    old = tree_state(out)
+    assert ".ptuning_lab_run" in old and ".ptuning_lab.lock" not in old        # marked as ours, lock released
+    real_fit = Trainer.fit
+
+    def fit_then_fail(self, resume=False):
+        real_fit(self, resume)                       # the new run's files are written (beside the old run)...
+        assert self.out_dir.name == ".run.ptuning-new"
+        raise OSError(28, "No space left on device", str(self.out_dir / "metrics.json"))   # ...then the disk fills
+
+    monkeypatch.setattr(Trainer, "fit", fit_then_fail)
+    capsys.readouterr()
+    assert _train(main, tiny_model_dir, out, "--overwrite", "--seed", "1") == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "No space left on device" in err and "left as it was" in err
+    assert tree_state(out) == old and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    monkeypatch.setattr(Trainer, "fit", real_fit)
+    assert _train(main, tiny_model_dir, out, "--overwrite", "--seed", "1") == 0
+    assert json.loads((out / "metrics.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and rundir.read_lock(out) is None
+
+
+def test_a_fresh_run_that_fails_before_writing_leaves_no_directory(tiny_model_dir, tmp_path, capsys):
+    """18.1: a run the trainer refuses after the directory was claimed (200 virtual tokens do not fit the tiny
+    model's 128 positions) leaves nothing behind: no run directory, no marker, no lock."""
+    from ptuning_lab.cli import main
+
+    out = tmp_path / "new" / "run"
+    code = main([*TRAIN, "--model", tiny_model_dir, "--out", str(out), "--template", "[P]*200 The capital of [X] is"])
+    assert code == 2 and "do not fit" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_train_on_the_same_out_is_refused_while_the_first_runs(tiny_model_dir, tmp_path):
+    """18.2: two trains started at once on one --out: the second exits 2 naming the first one's pid."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ptuning_lab.cli", *TRAIN, "--model", tiny_model_dir, "--out", str(out)]
+    first = subprocess.Popen([*cmd, "--max-steps", "400", "--eval-every", "400"], env=ENV, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".ptuning_lab.lock").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.2)
+        second = subprocess.run([*cmd, "--max-steps", "1"], env=ENV, cwd=REPO, capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        [line] = [ln for ln in second.stderr.splitlines() if ln.startswith("error:")]
+        assert f"in use by process {first.pid} on {socket.gethostname()}" in line
+    finally:
+        first.terminate()                          # Ctrl-C-like: the first run stops and keeps what it trained
+        first.communicate(timeout=120)
+
+
+def test_a_stale_lock_is_reported_and_broken_only_when_asked(tiny_model_dir, tmp_path, capsys):
+    """18.2: the lock of a killed run names its pid; --break-lock removes it (never a live owner's)."""
+    from ptuning_lab import rundir
+    from ptuning_lab.cli import main
+
+    out = fake_run(tmp_path / "run", lock_pid=dead_pid())
+    pid = json.loads((out / ".ptuning_lab.lock").read_text())["pid"]
+    assert _train(main, tiny_model_dir, out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert f"stale lock of process {pid}" in err and "--break-lock" in err
+    assert _train(main, tiny_model_dir, out, "--overwrite", "--break-lock") == 0
+    assert f"removed the lock of process {pid}" in capsys.readouterr().err
+    assert rundir.read_lock(out) is None and json.loads((out / "metrics.json").read_text())["steps"] == 2
+    live = fake_run(tmp_path / "live", lock_pid=os.getpid())
+    with pytest.raises(rundir.RunDirError, match="in use by"):
+        rundir.check(live, overwrite=True, break_lock=True)
+
+
+def test_disk_full_while_saving_tensors_is_one_line_naming_the_directory(tiny_model_dir, tmp_path, monkeypatch,
+                                                                         capsys):
+    """18.7: safetensors reports a full disk as SafetensorError, not OSError: still one line, old run whole."""
+    from safetensors import SafetensorError
+
+    from ptuning_lab import checkpoint
+    from ptuning_lab.cli import main
+
+    out = tmp_path / "run"
+    assert _train(main, tiny_model_dir, out) == 0
+    old = tree_state(out)
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+                              'space left on device" })')
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    capsys.readouterr()
+    assert _train(main, tiny_model_dir, out, "--overwrite") == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: could not write tensors in ") and str(out) in line and "StorageFull" in line
+    assert tree_state(out) == old and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_read_only_or_unwritable_out_is_refused_before_anything(tmp_path, monkeypatch):
+    """18.7: a read-only file system (as the kernel reports it) or a directory without write permission."""
+    from ptuning_lab import rundir
+
+    real = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, path):
+            self.f_flag = real(path).f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", ReadOnly)
+    with pytest.raises(rundir.RunDirError, match="read-only file system"):
+        rundir.check(tmp_path / "run")
+    monkeypatch.setattr(os, "statvfs", real)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(rundir.RunDirError, match="no permission to write"):
+        rundir.check(tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_safe_reader_reads_regular_files_only_and_caps_their_size(tmp_path):
+    """18.8: FIFO and device refused at once, the size capped, text read like open(newline='')."""
+    from ptuning_lab.safe_io import UnreadableFileError, read_text_file
+
+    text = "\ufeffsubject,object\r\n\"New\r\nYork\",x\n"
+    (tmp_path / "t.csv").write_bytes(text.encode("utf-8"))
+    with open(tmp_path / "t.csv", encoding="utf-8-sig", newline="") as f:
+        assert read_text_file(tmp_path / "t.csv") == f.read()
+    os.mkfifo(tmp_path / "pipe.csv")
+    start = time.monotonic()
+    with pytest.raises(UnreadableFileError, match="FIFO"):
+        read_text_file(tmp_path / "pipe.csv")                   # no writer: a plain open() would wait forever
+    assert time.monotonic() - start < 5
+    with pytest.raises(UnreadableFileError, match="character device"):
+        read_text_file("/dev/zero")
+    with pytest.raises(UnreadableFileError, match="more than the 0 MB limit for a task file"):
+        read_text_file(tmp_path / "t.csv", limit=10, what="task file")
+    assert read_text_file(tmp_path / "t.csv", limit=len(text.encode())) == text[1:]
+
+
+def test_argument_types_refuse_nonsense_with_the_rule(capsys):
+    """18.9: the types behind --seed, --lr, --max-steps, --checkpoint-every, --seeds, --device."""
+    import argparse
+
+    from ptuning_lab import cli
+
+    for func, good, bad in ((cli.positive_int, {"1": 1, "40": 40}, ["0", "-1", "2.5", "True", "1e3", ""]),
+                            (cli.seed_int, {"0": 0, str(cli.SEED_MAX): cli.SEED_MAX}, ["-1", "1e23", "9" * 23, "x"]),
+                            (cli.positive_float, {"1e-3": 1e-3, "0.5": 0.5}, ["0", "-1", "nan", "inf", "fast"]),
+                            (cli.device, {"cpu": "cpu", "CUDA:1": "cuda:1", "mps": "mps"}, ["tpu", "cuda:x", "cpu:0"])):
+        assert {text: func(text) for text in good} == good
+        for text in bad:
+            with pytest.raises(argparse.ArgumentTypeError):
+                func(text)
+
+
+def test_a_run_records_where_its_model_is_so_decode_works_from_anywhere(tiny_model_dir, tmp_path, monkeypatch,
+                                                                        capsys):
+    """18.11: --model given as a relative path is recorded as an absolute one; decode from elsewhere finds it."""
+    from ptuning_lab.cli import main
+
+    model = Path(tiny_model_dir)
+    monkeypatch.chdir(model.parent)
+    assert _train(main, model.name, tmp_path / "run") == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == str(model.resolve())
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["decode", "run", "-k", "2", "--device", "cpu", "--json"]) == 0
+    decoded = json.loads(capsys.readouterr().out)
+    assert decoded["model"] == str(model.resolve()) and decoded["num_virtual_tokens"] == 6
+    assert len(decoded["neighbours"]) == 6 * 3 * 2          # virtual tokens x metrics x k
