@@ -183,8 +183,9 @@ def test_two_processes_give_the_single_process_prompt(tiny_model_dir, tmp_path):
              "--max-examples", "26", "--batch-size", "5", "--max-steps", "6", "--eval-every", "2",
              "--checkpoint-every", "3", "--lr", "0.02"]
     two, one = tmp_path / "two", tmp_path / "one"
-    two.mkdir()
-    (two / "stale.txt").write_text("from an earlier run")               # --overwrite: main clears it, once
+    two.mkdir()                                                          # an earlier run of ours: --overwrite
+    (two / ".ptuning_lab_run").write_text('{"kind": "run"}')             # replaces it, once (the main process)
+    (two / "metrics.json").write_text('{"stale": true}')
     launched_run = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                          "--main_process_port", str(_free_port()), "-m", "ptuning_lab.cli", *train,
@@ -193,7 +194,7 @@ def test_two_processes_give_the_single_process_prompt(tiny_model_dir, tmp_path):
 
     assert "process 0 of 2" in launched_run.stderr and "process 1 of 2" in launched_run.stderr
     printed = json.loads(launched_run.stdout)                           # one JSON: only the main process prints
-    assert not (two / "stale.txt").exists()
+    assert "stale" not in json.loads((two / "metrics.json").read_text())
 
     a, b = ckpt.load_run(one), ckpt.load_run(two)
     moved = (a.prompt - a.snapshots[0]).abs().max()
