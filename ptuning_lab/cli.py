@@ -150,7 +150,10 @@ def _check_train_settings(args, template: str | None) -> None:
     from .templates import Template
     from .trainer import TrainConfig
 
+    from .tracking import check_report_to
+
     TrainConfig(**_train_kwargs(args))                  # its own range checks (e.g. warm-up, patience)
+    check_report_to(args.report_to)                     # an unknown tracker or a missing package costs nothing
     if template is not None:
         Template.parse(template).validate(need_virtual=True)
 
@@ -169,7 +172,8 @@ def cmd_train(args) -> int:
     lm = load_lm(args)
     run = experiments.train_one(lm, task, encoder=args.encoder, template=args.template, init=args.init,
                                 seed=args.seed, train=_train_kwargs(args), out=args.out, resume=args.resume,
-                                overwrite=args.overwrite, break_lock=args.break_lock, progress=progress_on(args))
+                                overwrite=args.overwrite, break_lock=args.break_lock, progress=progress_on(args),
+                                report_to=args.report_to)
     if distributed.is_main_process():
         print(json.dumps(run.metrics) if args.json else json.dumps(run.metrics, indent=2))
     return _exit_for([run.metrics["stopped"]])
@@ -196,7 +200,7 @@ def cmd_compare(args) -> int:
     log = (lambda line: None) if quiet else None      # --json: stdout holds the JSON alone
     result = experiments.compare(lm, tasks, encoders, args.seeds, _train_kwargs(args), args.out,
                                  template=args.template, init=args.init, progress=progress_on(args),
-                                 overwrite=args.overwrite, log=log)
+                                 overwrite=args.overwrite, log=log, report_to=args.report_to)
     out = Path(args.out)
     if args.json:
         print(json.dumps({"model": lm.name, "out": str(out), "rows": result.rows, "summary": result.summary}))
@@ -353,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "template> [P]*3').")
         sp.add_argument("--init", default="auto", help="auto (the template's own words), random, vocab, or "
                         "text:\"some words\".")
+        sp.add_argument("--report-to", default="none", metavar="TRACKER", help="none, tensorboard (event files in "
+                        "OUT/tensorboard/) or wandb (offline unless WANDB_MODE is set): train loss, lr, dev "
+                        "metrics, config and final metrics.")
         sp.add_argument("--lr", type=positive_float, default=None, help="Peak learning rate (default: 1e-3 for "
                         "lstm, 3e-3 for the others).")
         sp.add_argument("--batch-size", type=positive_int, default=None)

@@ -113,7 +113,7 @@ def _train_config(train, seed: int) -> TrainConfig:
 def train_one(lm, task, *, encoder: str = "mlp", template: str | None = None, init: str = "auto", seed: int = 0,
               train: dict | TrainConfig | None = None, out=None, resume: bool = False, overwrite: bool = False,
               break_lock: bool = False, progress: bool = True, encoder_config=None,
-              callbacks: Iterable = ()) -> RunResult:
+              callbacks: Iterable = (), report_to: str = "none") -> RunResult:
     """Train one prompt encoder on one task, score it on the test split; write the run dir when ``out``.
 
     Args:
@@ -128,7 +128,11 @@ def train_one(lm, task, *, encoder: str = "mlp", template: str | None = None, in
             directory holding files is refused unless ``resume`` (continue it) or ``overwrite`` (replace a
             run of ours: the new run is written beside it and renamed into place when it is complete);
             ``break_lock`` removes a dead process's lock. See :mod:`ptuning_lab.rundir`.
+        report_to: ``"none"``, ``"tensorboard"`` (event files in ``out/tensorboard/``) or ``"wandb"``
+            (offline unless ``WANDB_MODE`` says otherwise): train loss, lr, dev metrics, config and the
+            final metrics, through Accelerate's trackers (:mod:`ptuning_lab.tracking`). Needs ``out``.
     """
+    from . import tracking
     from .evaluation import evaluate
     from .prompts import KEY_VALUE, build_encoder, produces
     from .trainer import Trainer
@@ -145,9 +149,14 @@ def train_one(lm, task, *, encoder: str = "mlp", template: str | None = None, in
     prompt_encoder = build_encoder(encoder, n, lm.embedding.detach(), init=init, tokenize=lm.tokenize, seed=seed,
                                    config=encoder_config, **extra)
     out = Path(out) if out is not None else None
+    if tracking.check_report_to(report_to) != "none" and out is None:      # before any file or step
+        raise tracking.TrackingError(f"report_to={report_to!r} needs a run directory: pass out= (CLI: --out).")
     # checked and locked before anything is written; an exception below leaves an old run whole
     claim = rundir.claim(out, overwrite=overwrite, resume=resume, break_lock=break_lock) if out else None
     with claim or contextlib.nullcontext() as write_dir:
+        # the tracker writes inside the directory being written, so its files move with the finished run
+        tracker = tracking.callback_for(report_to, write_dir, {"task": task.name, "encoder": encoder})
+        callbacks = [*callbacks, tracker] if tracker else list(callbacks)
         trainer = Trainer(lm, prompt_encoder, task, template, config, out_dir=write_dir, progress=progress,
                           callbacks=callbacks, run_config={"task": task.name, "init": init})
         result = trainer.fit(resume=resume)
@@ -162,6 +171,8 @@ def train_one(lm, task, *, encoder: str = "mlp", template: str | None = None, in
                    "stopped": result.stopped}
         if write_dir and trainer.dist.is_main_process:
             ckpt.write_json(write_dir / "metrics.json", metrics)
+        if tracker:
+            tracker.finish(metrics)              # the test metrics as final/*, then the tracker is closed
     return RunResult(metrics=metrics, train_result=result, init=init, out=out)
 
 
@@ -212,7 +223,7 @@ def _print_now(line: str) -> None:
 
 def compare(lm, tasks, encoders: Sequence[str], seeds: int | Sequence[int], train: dict | TrainConfig | None,
             out, template: str | None = None, init: str = "auto", progress: bool = True, overwrite: bool = False,
-            log: Callable[[str], None] | None = None) -> CompareResult:
+            log: Callable[[str], None] | None = None, report_to: str = "none") -> CompareResult:
     """The manual baseline, then each encoder x seed on each task; writes summary.json and report.html.
 
     Args:
@@ -238,7 +249,7 @@ def compare(lm, tasks, encoders: Sequence[str], seeds: int | Sequence[int], trai
                 for seed in seeds:
                     where = Path(task.name) / f"{enc}-seed{seed}"
                     run = train_one(lm, task, encoder=enc, template=template, init=init, seed=seed, train=train,
-                                    out=write_dir / where, progress=progress)
+                                    out=write_dir / where, progress=progress, report_to=report_to)
                     runs[(task.name, enc, seed)] = run = dataclasses.replace(run, out=out / where)
                     rows.append(run.metrics)
                     log(f"  {task.name:<10} {enc:<7} seed {seed}: test P@1 {run.metrics['test_p_at_1']:.3f} "
