@@ -85,9 +85,11 @@ def candidate_logprobs(lm: FrozenLM, template, inputs: Sequence[str], answers: S
         h = hidden.reshape(-1, hidden.shape[-1])[needed]
         token_lp = torch.empty(len(sel), dtype=scores.dtype, device=dev)
         for s in range(0, len(needed), logits_chunk):
-            logp = _float(lm.head(h[s:s + logits_chunk])).log_softmax(-1)      # (<= logits_chunk, vocab)
+            logits = _float(lm.head(h[s:s + logits_chunk]))                     # (<= logits_chunk, vocab)
             hit = (where >= s) & (where < s + logits_chunk)
-            token_lp[hit] = logp[where[hit] - s, pair_tok[sel[hit]]].to(scores.dtype)
+            at = where[hit] - s
+            # log-softmax read at the targets only: one pass over the vocabulary for the normaliser
+            token_lp[hit] = (logits[at, pair_tok[sel[hit]]] - logits.logsumexp(-1)[at]).to(scores.dtype)
         scores.index_put_((rows_b[item], pair_ans[sel]), token_lp, accumulate=True)
     return scores
 

@@ -46,3 +46,13 @@ def test_peak_rss_counts_this_process_only(vs_peft):
     # ru_maxrss would start from the parent's peak (this test process: over a GB after the model
     # tests) and hide the block; the child's own high-water mark shows it
     assert end - start >= 250
+
+
+def test_candidate_scoring_agrees_with_the_plain_loop_and_prints_the_ratio(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import candidate_scoring
+
+    assert candidate_scoring.main(["--model", "gpt2-tiny", "--examples", "2", "--train-steps", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("same choice for every input: True")
+    assert lines[-1].startswith("RATIO candidate scoring plain / ours ")
