@@ -151,7 +151,8 @@ class _Context:
                              attention_mask=self.mask, position_ids=position_ids, use_cache=True, **start)
         self.last_hidden = out.last_hidden_state[torch.arange(B, device=lm.device), batch.last_index]
         cache = getattr(out, self.arg, None) or out.past_key_values
-        self.kv = _layer_kv(cache)                               # per layer (keys, values), (B, H, n + T, hd)
+        # copies: a model compiled with CUDA graphs may reuse its output memory on the next call
+        self.kv = [(k.clone(), v.clone()) for k, v in _layer_kv(cache)]     # per layer, (B, H, n + T, hd)
         self.config = lm.model.config
 
     def continue_with(self, lm: FrozenLM, rows_b: torch.Tensor, feeds: list) -> torch.Tensor:
