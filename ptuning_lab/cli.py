@@ -216,7 +216,6 @@ def cmd_tasks(args) -> int:
     return 0
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptuning-lab", description="P-tuning from the command line: probe, train, "
                                 "compare and inspect prompts. `ptuning-lab <command> --help` lists its options.")
