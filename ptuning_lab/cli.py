@@ -307,6 +307,40 @@ def cmd_import_peft(args) -> int:
     return EXIT_OK
 
 
+def cmd_tasks(args) -> int:
+    """Every built-in task: kind, split sizes, manual template, label words and where its data comes from."""
+    import os
+
+    from .tasks import FEWGLUE_ENV, TaskError, load_task, task_names
+    from .tasks.superglue import TASKS as FEWGLUE
+
+    data_dir = args.fewglue or os.environ.get(FEWGLUE_ENV)
+    rows = []
+    for name in task_names():
+        row = {"name": name}
+        try:
+            task = load_task(name, data_dir=data_dir, source="files") if name in FEWGLUE else load_task(name)
+        except TaskError as err:         # a FewGLUE task without its directory, a data wheel not installed
+            row.update(kind=None, error=str(err))
+            rows.append(row)
+            continue
+        words = {label: list((w,) if isinstance(w, str) else w) for label, w in (task.verbalizer or {}).items()}
+        row.update(kind=task.kind, train=len(task.train), dev=len(task.dev), test=len(task.test),
+                   template=task.template, label_words=words, metrics=list(task.metrics), source=task.source)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        if r["kind"] is None:
+            print(f"{r['name']:<27} unavailable: {r['error']}")
+            continue
+        words = "; ".join(f"{k}={'/'.join(v)}" for k, v in r["label_words"].items()) or "-"
+        print(f"{r['name']:<27} {r['kind']:<15} {r['train']:>5}/{r['dev']}/{r['test']:<5} {r['template']!r}\n"
+              f"{'':<27} label words: {words} | source: {r['source'] or 'built in'}")
+    return 0
+
+
 # ---------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="ptuning-lab", description="P-tuning from the command line: probe, train, compare and "
@@ -426,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     peft_args(sp, "The adapter's base model (default: the one it records, else auto).",
               "Replace a ptuning_lab run in OUT (written beside it, swapped in when complete).")
     sp.add_argument("--break-lock", action="store_true", help="Remove the lock a killed run left in OUT.")
+
+    sp = command("tasks", cmd_tasks, "List every built-in task: size, template, label words and source.")
+    sp.add_argument("--fewglue", default=None, metavar="DIR", help="FewGLUE_32dev directory for the SuperGLUE "
+                    "tasks (default: $PTUNING_LAB_FEWGLUE; without it they are listed as unavailable).")
+    sp.add_argument("--json", action="store_true", help="One JSON list instead of the table.")
     return p
 
 

@@ -17,7 +17,7 @@ def test_help_lists_every_command_once(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    commands = ["baseline", "train", "compare", "demo", "decode", "warm-cache", "export-peft", "import-peft"]
+    commands = ["baseline", "train", "compare", "demo", "decode", "warm-cache", "export-peft", "import-peft", "tasks"]
     entries = [re.match(r"^    (\S+)(.*)$", line) for line in text.splitlines()]
     assert [m[1] for m in entries if m] == commands
     assert all(m[2].strip() for m in entries if m), "a command's help wrapped onto a second line"

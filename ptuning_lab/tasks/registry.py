@@ -2,8 +2,8 @@
 
 The registry knows names, builders and kinds only; :func:`ptuning_lab.tasks.load_task` is the one
 place that dispatches on them. A builder is called as ``build(seed, template=..., split=...,
-max_examples=...)``, plus ``verbalizer=...`` for a classification task, and returns a
-:class:`~ptuning_lab.tasks.base.Task`.
+max_examples=...)``, plus ``verbalizer=...`` for a classification or multiple-choice task and any
+options of its own (``data_dir=`` of a FewGLUE task), and returns a :class:`~ptuning_lab.tasks.base.Task`.
 """
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Callable
 
 from .base import Task, TaskError
 
-KINDS = ("relation", "classification")
+KINDS = ("relation", "classification", "multiple_choice")
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One registered task: its name, its builder and its kind (``"relation"`` or ``"classification"``)."""
+    """One registered task: its name, its builder and its kind (one of :data:`KINDS`)."""
 
     name: str
     build: Callable[..., Task]
