@@ -93,10 +93,11 @@ def _verify(directory: Path) -> str | None:
             blob = (directory / name).read_bytes()
         except OSError:
             return f"{name} is missing"
-        if not isinstance(want, dict) or len(blob) != want.get("size"):
-            return f"{name} has {len(blob)} bytes, the manifest says {want.get('size') if isinstance(want, dict) else '?'}"
+        size = want.get("size") if isinstance(want, dict) else None
+        if len(blob) != size:
+            return f"{name} is damaged: it changed after it was written ({len(blob)} bytes, the manifest says {size})"
         if hashlib.sha256(blob).hexdigest() != want.get("sha256"):
-            return f"{name} changed after it was written (its sha256 differs from the manifest's)"
+            return f"{name} is damaged: it changed after it was written (its sha256 differs from the manifest's)"
     return None
 
 
@@ -128,7 +129,7 @@ def load_checkpoint(run_dir, check=None) -> tuple[dict[str, torch.Tensor], dict,
         problems.append(f"{directory.relative_to(run_dir)}: {why}")
     if problems:
         raise CheckpointError(f"cannot resume {run_dir}: no usable checkpoint ({'; '.join(problems)}). Start a new "
-                              "run (another --out, or --overwrite to replace this one).")
+                              "run (another --out, or --overwrite to replace this one) or restore it.")
     state = run_dir / STATE_DIR
     if (state / "trainer.json").exists():
         raise CheckpointError(f"{state} was written by an older ptuning_lab (no verified checkpoints): it cannot be "

@@ -212,4 +212,4 @@ def test_two_processes_give_the_single_process_prompt(tiny_model_dir, tmp_path):
     ma = json.loads((one / "metrics.json").read_text())
     for key in ("test_p_at_1", "test_candidate_accuracy", "dev_p_at_1", "steps", "best_step", "stopped"):
         assert b.metrics[key] == ma[key] == printed[key], key
-    assert json.loads((two / "state" / "trainer.json").read_text())["step"] == 6
+    assert json.loads((two / "state" / "step-000006" / "trainer.json").read_text())["step"] == 6
