@@ -70,12 +70,17 @@ def save_checkpoint(run_dir, step: int, tensors: dict[str, torch.Tensor], meta: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for _, old in checkpoint_dirs(run_dir)[keep:]:
-        if set(os.listdir(old)) <= _FILES:          # only ever remove what this module wrote
-            crash_point("remove old checkpoint")
-            shutil.rmtree(old)
+    _prune(run_dir, keep, protect=final)
     clean_leftovers(run_dir)
     return final
+
+
+def _prune(run_dir, keep: int, protect: Path) -> None:
+    """Remove checkpoints beyond the newest ``keep`` (never ``protect``, never a directory holding other files)."""
+    for _, old in checkpoint_dirs(run_dir)[keep:]:
+        if old != protect and set(os.listdir(old)) <= _FILES:      # only ever remove what this module wrote
+            crash_point("remove old checkpoint")
+            shutil.rmtree(old)
 
 
 def _verify(directory: Path) -> str | None:
@@ -122,6 +127,7 @@ def load_checkpoint(run_dir, check=None) -> tuple[dict[str, torch.Tensor], dict,
             except CheckpointError as err:
                 why = str(err)
         if why is None:
+            _prune(run_dir, KEEP, protect=directory)           # a kill may have cut the last save's pruning short
             if problems:
                 warnings.warn(f"skipped the damaged checkpoint(s) {'; '.join(problems)}; resuming from step {step} "
                               f"({directory}).", stacklevel=2)
@@ -139,8 +145,9 @@ def load_checkpoint(run_dir, check=None) -> tuple[dict[str, torch.Tensor], dict,
         raise CheckpointError(f"nothing to resume in {run_dir}: its only checkpoint was never completed (the "
                               f"process stopped while writing {STATE_DIR}/{unfinished[0]}). Start the run again "
                               "without --resume (--overwrite replaces this directory, or choose another --out).")
-    raise CheckpointError(f"nothing to resume in {run_dir}: it holds no checkpoint ({STATE_DIR}/step-*). Train with "
-                          "checkpoint_every (CLI: --checkpoint-every) to make resumable runs.")
+    raise CheckpointError(f"nothing to resume in {run_dir}: it holds no checkpoint ({STATE_DIR}/step-*): the run stopped "
+                          "before its first one, or trained without checkpoint_every. Start it again without --resume "
+                          "(--overwrite replaces this directory), with --checkpoint-every K to make it resumable.")
 
 
 def check_trainer_state(tensors: dict, meta: dict, path, total_steps: int, encoder_keys) -> None:
