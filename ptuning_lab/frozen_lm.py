@@ -10,13 +10,14 @@ predictions as each example run alone.
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
-from .models import load_model
+from .models import ModelLoadError, load_model
 from .prompts import LayerPrompt
 from .templates import Template
 
@@ -83,6 +84,8 @@ class FrozenLM:
 
     @classmethod
     def load(cls, name: str = "auto", device=None, dtype=None, verbose: bool = True) -> "FrozenLM":
+        """Load a frozen model by name ('auto', 'smollm2-135m', a Hugging Face id or a local directory)."""
+        _check_load_arguments(name, device, dtype)
         model, tokenizer, resolved = load_model(name, device=device, dtype=dtype, verbose=verbose)
         return cls(model, tokenizer, resolved)
 
@@ -345,6 +348,32 @@ class FrozenLM:
             tok_embed = self.model.get_input_embeddings()(torch.tensor([[next_id]], device=embeds.device))
             step_embeds = tok_embed if use_cache else torch.cat([step_embeds, tok_embed], dim=1)
         return self.tokenizer.decode(new_ids)
+
+
+class ModelArgumentError(ModelLoadError, ValueError):
+    """``FrozenLM.load`` got an argument of the wrong kind (a number for a name, an unknown device)."""
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _check_load_arguments(name, device, dtype) -> None:
+    if isinstance(name, bool) or not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        raise ModelArgumentError(f"the model name must be a non-empty string or path, got {type(name).__name__} "
+                                 f"{name!r:.40}; e.g. FrozenLM.load('auto'), 'smollm2-135m', 'gpt2' or a saved "
+                                 "model's directory.")
+    if device is not None and not isinstance(device, torch.device):
+        if not isinstance(device, str):
+            raise ModelArgumentError(f"device must be a string such as 'cpu' or 'cuda', got {type(device).__name__}.")
+        try:
+            kind = torch.device(device).type if device != "auto" else "cpu"
+        except (RuntimeError, ValueError):
+            kind = None
+        if kind not in DEVICE_TYPES:
+            raise ModelArgumentError(f"unknown device {device!r}; use one of {', '.join(DEVICE_TYPES)} (or cuda:N), or "
+                                     "leave it out for the best available.")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise ModelArgumentError(f"dtype must be a torch dtype such as torch.float32, got {dtype!r:.40}.")
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -543,6 +543,9 @@ def import_peft(adapter_dir, lm=None) -> ImportedPrompt:
     if subs != 1:
         raise PeftImportError(f"{path} is an encoder-decoder adapter (num_transformer_submodules={subs}); "
                               f"ptuning_lab runs decoder-only causal LMs.")
+    if isinstance(n, int) and not isinstance(n, bool) and n < 1:
+        raise PeftImportError(f"{CONFIG_FILE} says num_virtual_tokens={n}: the adapter holds no virtual tokens, so "
+                              "there is no prompt to import. Train the adapter with num_virtual_tokens >= 1.")
     if prompt.dim() != 2 or not isinstance(n, int) or prompt.shape[0] != n:
         raise PeftImportError(f"{weights} holds prompt_embeddings of shape {tuple(prompt.shape)} but "
                               f"{CONFIG_FILE} says num_virtual_tokens={n}: the files are from different "

@@ -17,8 +17,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# the repeat count is captured loosely ("*x", "*-1") so a malformed one is an error, not literal text
+# the repeat count is captured loosely ("*x", "*-1", "*²") so a malformed one is an error, not literal text
 _MARKER = re.compile(r"\[([^\[\]]*)\](?:\*(-?\w*))?")
+# more virtual tokens than any model's context holds: refused before the parts are built (memory)
+MAX_VIRTUAL_TOKENS = 4096
 
 
 class TemplateError(ValueError):
@@ -36,22 +38,30 @@ class Template:
     def parse(cls, text: "str | Template") -> "Template":
         if isinstance(text, Template):
             return text
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise TemplateError(f"a template must be a string, got {type(text).__name__} {text!r:.40}. Example: "
+                                "\"The capital of [X] is [P][P]\" ([X] = the input, [P] = one virtual token).")
+        if not text.strip():
             raise TemplateError("the template is empty. Example: \"The capital of [X] is [P][P]\" "
                                 "([X] = the input, [P] = one virtual token).")
         parts: list = []
-        pos = 0
+        pos = virtual = 0
         for m in _MARKER.finditer(text):
             if m.start() > pos:
                 parts.append(("text", text[pos:m.start()]))
             name, count = m.group(1), m.group(2)
             if name == "P":
-                if count is not None and not count.isdigit():
-                    raise TemplateError(f"'{m.group(0)}': the repeat count must be a whole number; write "
-                                        "[P]*N with N >= 1, e.g. [P]*3.")
-                n = int(count) if count is not None else 1
+                # ASCII digits only: '²'.isdigit() is True but int('²') fails, and '٣' would pass silently
+                if count is not None and not (count.isascii() and count.isdigit()):
+                    raise TemplateError(f"'{m.group(0)}': the repeat count must be a whole number in ASCII digits; "
+                                        "write [P]*N with N >= 1, e.g. [P]*3.")
+                n = int(count) if count is not None and len(count) <= 6 else (1 if count is None else MAX_VIRTUAL_TOKENS + 1)
                 if n < 1:
                     raise TemplateError(f"'{m.group(0)}' asks for {n} virtual tokens; use [P]*N with N >= 1.")
+                virtual += n
+                if virtual > MAX_VIRTUAL_TOKENS:
+                    raise TemplateError(f"'{m.group(0)}': the template asks for more than {MAX_VIRTUAL_TOKENS} virtual "
+                                        "tokens, more than any model's context holds; 3-20 is typical.")
                 parts.extend([("p", "")] * n)
             elif name == "X":
                 if count is not None:

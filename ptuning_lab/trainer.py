@@ -10,9 +10,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, resume
 from .evaluation import first_token_ids
 from .fast import FastConfig, FastForward
 from .forward import make_forward
@@ -61,22 +63,56 @@ class TrainConfig:
     fast: bool = field(default=True, metadata={"help": "Use the exact fast path (ptuning_lab.fast: cached prefixes, shared head, packed rows; its settings: Trainer(fast=FastConfig(...))); False = the plain reference path."})
 
     def __post_init__(self):
+        _check_types(self)
         checks = {"lr": FALLBACK_LR if self.lr is None else self.lr, "batch_size": self.batch_size, "num_epochs": self.num_epochs,
                   "eval_every": self.eval_every, "snapshot_every": self.snapshot_every}
         for name, value in checks.items():
             if not (value > 0) or (isinstance(value, float) and not math.isfinite(value)):
                 example = FALLBACK_LR if name == "lr" else TrainConfig.__dataclass_fields__[name].default
-                raise ValueError(f"{name} must be > 0 (got {value}); for example {name}={example}.")
+                raise TrainConfigError(f"{name} must be > 0 (got {value}); for example {name}={example}.")
         for name in ("max_steps", "patience", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive integer or None (got {value}).")
+                raise TrainConfigError(f"{name} must be a positive integer or None (got {value}).")
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio}).")
+            raise TrainConfigError(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio}).")
+        if self.weight_decay < 0 or (self.grad_clip is not None and not self.grad_clip > 0):
+            raise TrainConfigError(f"weight_decay must be >= 0 and grad_clip > 0 or None (got {self.weight_decay}, "
+                                   f"{self.grad_clip}).")
         if self.waywardness_gamma < 0:
-            raise ValueError(f"waywardness_gamma must be >= 0 (got {self.waywardness_gamma}).")
+            raise TrainConfigError(f"waywardness_gamma must be >= 0 (got {self.waywardness_gamma}).")
         if self.waywardness_gamma > 0 and not self.waywardness_target:
-            raise ValueError("waywardness_gamma > 0 needs waywardness_target: the text the prompt should stay close to.")
+            raise TrainConfigError("waywardness_gamma > 0 needs waywardness_target: the text the prompt should stay close to.")
+
+
+class TrainConfigError(ValueError):
+    """A TrainConfig field has the wrong type or value; the message names the field and a valid example."""
+
+
+_INTS = ("batch_size", "num_epochs", "max_steps", "eval_every", "snapshot_every", "patience", "checkpoint_every", "seed")
+_FLOATS = ("lr", "warmup_ratio", "weight_decay", "grad_clip", "waywardness_gamma")
+
+
+def _check_types(config: "TrainConfig") -> None:
+    """Whole numbers where counts go, finite real numbers elsewhere: 2.5 steps, True or '0.1' are refused."""
+    for name in _INTS + _FLOATS:
+        value = getattr(config, name)
+        default = TrainConfig.__dataclass_fields__[name].default
+        if value is None and (default is None or name == "grad_clip"):
+            continue
+        example = f"{name}={default if default is not None else (FALLBACK_LR if name == 'lr' else 10)}"
+        if name in _INTS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TrainConfigError(f"{name} must be a whole number, got {value!r} ({type(value).__name__}); "
+                                       f"e.g. {example}.")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise TrainConfigError(f"{name} must be a finite number, got {value!r} ({type(value).__name__}); "
+                                   f"e.g. {example}.")
+    for name in ("fast",):
+        if not isinstance(getattr(config, name), bool):
+            raise TrainConfigError(f"{name} must be True or False, got {getattr(config, name)!r}.")
+    if config.waywardness_target is not None and not isinstance(config.waywardness_target, str):
+        raise TrainConfigError(f"waywardness_target must be a text, got {type(config.waywardness_target).__name__}.")
 
 
 @dataclass
@@ -113,6 +149,7 @@ class Trainer:
     def __init__(self, lm, encoder, task, template: "str | Template", config: TrainConfig | None = None,
                  callbacks=(), out_dir=None, run_config: dict | None = None, progress: bool = True,
                  fast: FastConfig | None = None):
+        _check_arguments(lm, encoder, task, config)
         self.lm, self.encoder, self.task = lm, encoder.to(lm.device), task
         # input-layer encoders fill the template's [P] slots; others (e.g. K/V prefixes) need none
         slots = encoder.uses_template_slots
@@ -152,6 +189,7 @@ class Trainer:
         warmup = int(self.config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _linear_warmup(s, warmup, self.total_steps))
         self.gold = dict(zip([ex.target for ex in task.train], first_token_ids(lm, [ex.target for ex in task.train]).tolist()))
+        _check_label_words(lm, task)
         self.wayward_target = self._wayward_target()
         # the fast path: same logits as the plain path, less of the frozen model's work
         self.forward = make_forward(lm, self.template, fast if fast is not None else self.config.fast,
@@ -311,10 +349,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- saving and resuming
     def full_config(self) -> dict:
+        """What config.json records: every setting that changes the result (a resume compares them all)."""
         return {**self.run_config, "model": self.lm.name, "template": self.template.text,
                 "vocab_size": self.lm.vocab_size, "hidden_size": self.lm.hidden_size,
                 "encoder": self.encoder.spec(), "train": asdict(self.config),
-                "task": self.run_config.get("task", self.task.name)}
+                "task": self.run_config.get("task", self.task.name), "task_data": resume.task_fingerprint(self.task)}
 
     def save(self, result: TrainResult) -> None:
         """Write the run directory (best prompt, encoder weights, history, snapshots); main process only."""
@@ -326,7 +365,7 @@ class Trainer:
                       snapshots=result.snapshots if len(result.snapshot_steps) else None)
 
     def save_state(self) -> None:
-        """Write everything an exact resume needs under ``out_dir/state``; main process only."""
+        """Write everything an exact resume needs as one checkpoint, ``out_dir/state/step-NNNNNN/``; main process only."""
         if not self.dist.is_main_process:
             return
         tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizer.state_dict())
@@ -338,21 +377,22 @@ class Trainer:
                 "best_step": self.best_step, "best_key": list(self.best_key), "best_dev": self.best_dev,
                 "bad_evals": self.bad_evals, "scheduler": self.scheduler.state_dict(), "optimizer": opt_meta,
                 "config": self.full_config()}
-        state_dir = self.out_dir / "state"
-        ckpt.write_tensors(state_dir / "trainer.safetensors", tensors, {"step": str(self.step)})
-        ckpt.write_json(state_dir / "trainer.json", meta)
+        resume.save_checkpoint(self.out_dir, self.step, tensors, meta)
 
     def load_state(self) -> None:
-        if not self.out_dir or not (self.out_dir / "state" / "trainer.json").exists():
-            raise ckpt.CheckpointError(f"nothing to resume in {self.out_dir}: no state/trainer.json. Train with "
-                                       "checkpoint_every (CLI: --checkpoint-every) to make resumable runs.")
-        meta = ckpt.read_json(self.out_dir / "state" / "trainer.json")
-        tensors = ckpt.read_tensors(self.out_dir / "state" / "trainer.safetensors")
-        saved, now = meta["config"], self.full_config()
-        for key in ("model", "template", "vocab_size", "hidden_size", "encoder", "train"):
-            if saved.get(key) != now.get(key):
-                raise ckpt.CheckpointError(f"cannot resume: '{key}' differs between the saved run "
-                                           f"({saved.get(key)}) and this one ({now.get(key)}). Use the same settings.")
+        """Restore the newest verified checkpoint of ``out_dir`` (see :func:`ptuning_lab.checkpoint.load_checkpoint`).
+
+        Refuses (CheckpointError) when any setting that changes the result differs from the saved run's.
+        """
+        if not self.out_dir:
+            raise ckpt.CheckpointError("nothing to resume: this Trainer has no out_dir. Pass out_dir= (CLI: --out) "
+                                       "of a run trained with checkpoint_every.")
+        check = partial(resume.check_trainer_state, total_steps=self.total_steps, encoder_keys=self.encoder.state_dict())
+        tensors, meta, _ = resume.load_checkpoint(self.out_dir, check=check)
+        differences = resume.config_differences(meta["config"], self.full_config())
+        if differences:
+            raise ckpt.CheckpointError(f"cannot resume: {'; '.join(differences)}; use the same settings or start a "
+                                       "new run with another --out")
         self.encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("current.")})
         self.best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         self.optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, meta["optimizer"]))
@@ -362,6 +402,43 @@ class Trainer:
         self.snapshot_list = list(tensors["snapshots"].unbind(0))
         self.best_step, self.best_key = meta["best_step"], tuple(meta["best_key"])
         self.best_dev, self.bad_evals = meta["best_dev"], meta["bad_evals"]
+
+def _check_arguments(lm, encoder, task, config) -> None:
+    """The public API checks its arguments like the CLI does (a name where an object is needed, ...)."""
+    if isinstance(task, (str, os.PathLike)):
+        raise TrainerArgumentError(f"task must be a Task, got the {type(task).__name__} {str(task)!r}; pass "
+                         f"load_task({str(task)!r}) (from ptuning_lab.tasks import load_task).")
+    if not all(hasattr(task, a) for a in ("name", "template", "train", "dev", "test", "answers")):
+        raise TrainerArgumentError(f"task must be a Task (load_task('capital')), got {type(task).__name__}.")
+    if isinstance(lm, (str, os.PathLike)):
+        raise TrainerArgumentError(f"lm must be a FrozenLM, got the {type(lm).__name__} {str(lm)!r}; pass "
+                         f"FrozenLM.load({str(lm)!r}).")
+    if not hasattr(lm, "embedding") or not isinstance(encoder, torch.nn.Module) or not hasattr(encoder, "spec"):
+        raise TrainerArgumentError(f"Trainer(lm, encoder, ...) needs a FrozenLM and a prompt encoder (build_encoder(...)), got "
+                         f"{type(lm).__name__} and {type(encoder).__name__}.")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TrainerArgumentError(f"config must be a TrainConfig, got {type(config).__name__}; e.g. "
+                         "TrainConfig(max_steps=40) (a dict: TrainConfig(**d)).")
+
+
+class TrainerArgumentError(ValueError):
+    """A Trainer argument of the wrong kind (a name where an object is needed); the message says what to pass."""
+
+
+def _check_label_words(lm, task) -> None:
+    """Refuse a verbalizer whose words start with the same token: first-token P@1 cannot tell them apart."""
+    if not getattr(task, "verbalizer", None):
+        return
+    words = list(task.verbalizer.values())
+    firsts = first_token_ids(lm, words).tolist()
+    by_id: dict = {}
+    for word, tid in zip(words, firsts):
+        by_id.setdefault(tid, []).append(word)
+    clash = [ws for ws in by_id.values() if len(ws) > 1]
+    if clash:
+        token = lm.tokenizer.decode([firsts[words.index(clash[0][0])]])
+        raise ValueError(f"the label words {clash[0]} all start with the token {token!r}: first-token P@1 cannot "
+                         "tell them apart. Give each label a word with its own first token (e.g. 'good'/'bad').")
 
 
 def _linear_warmup(step: int, warmup: int, total: int) -> float:

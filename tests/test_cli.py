@@ -71,7 +71,7 @@ def test_resume_continues_a_checkpointed_run(tiny_model_dir, tmp_path):
     base = ["train", "--task", "capital", "--encoder", "direct", "--model", tiny_model_dir, "--batch-size", "4",
             "--eval-every", "2", "--checkpoint-every", "2", "--out", str(out), *COMMON]
     assert main(base + ["--max-steps", "4"]) == 0
-    state = json.loads((out / "state" / "trainer.json").read_text())
+    state = json.loads((out / "state" / "step-000004" / "trainer.json").read_text())
     assert state["step"] == 4
 
 

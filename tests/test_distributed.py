@@ -213,7 +213,7 @@ def test_two_processes_give_the_single_process_prompt(tiny_model_dir, tmp_path):
     ma = json.loads((one / "metrics.json").read_text())
     for key in ("test_p_at_1", "test_candidate_accuracy", "dev_p_at_1", "steps", "best_step", "stopped"):
         assert b.metrics[key] == ma[key] == printed[key], key
-    assert json.loads((two / "state" / "trainer.json").read_text())["step"] == 6
+    assert json.loads((two / "state" / "step-000006" / "trainer.json").read_text())["step"] == 6
 
 
 # ---------------------------------------------------------------- a sharded frozen model (FSDP2): 2 CPU processes
@@ -223,7 +223,7 @@ def test_two_processes_give_the_single_process_prompt(tiny_model_dir, tmp_path):
 # process) for a later single-process resume.
 FSDP_DRIVER = r'''
 import json, shutil, sys
-from ptuning_lab import cli, distributed, trainer
+from ptuning_lab import cli, distributed, experiments, trainer
 
 class StopAt(trainer.Callback):
     def __init__(self, step):
@@ -233,7 +233,7 @@ class StopAt(trainer.Callback):
             raise KeyboardInterrupt
 
 ctx = distributed.context(cpu=True)
-plain_train_one = cli.train_one
+plain_train_one = experiments.train_one
 for job in json.loads(sys.argv[1]):
     if job[0] == "copy":
         ctx.wait_for_everyone()
@@ -242,9 +242,10 @@ for job in json.loads(sys.argv[1]):
         ctx.wait_for_everyone()
         continue
     stop = job[1] if job[0] == "stop_at" else None
-    cli.train_one = (lambda *a, **k: plain_train_one(*a, **{**k, "callbacks": [StopAt(stop)]})) if stop else plain_train_one
+    experiments.train_one = ((lambda *a, **k: plain_train_one(*a, **{**k, "callbacks": [StopAt(stop)]})) if stop
+                             else plain_train_one)
     args = cli.build_parser().parse_args(job[-1])
-    assert args.func(args) == 0
+    assert args.func(args) == (1 if stop else 0)          # 1: training stopped early (interrupted)
 from ptuning_lab import sharding
 print(f"rank {ctx.rank} ran {sharding.lockstep().dummy_forwards} dummy forwards", file=sys.stderr, flush=True)
 distributed.shutdown(True)
@@ -313,7 +314,8 @@ def test_sharded_frozen_model_gives_the_single_process_runs(tiny_model_dir, toke
     for name in runs:
         assert main([*argv[name], "--out", str(one / name)]) == 0
         _same_run(two / name, one / name)
-    state = json.loads((two / "cut_single" / "state" / "trainer.json").read_text())
+    latest = sorted((two / "cut_single" / "state").glob("step-*"))[-1]       # the last complete checkpoint
+    state = json.loads((latest / "trainer.json").read_text())
     assert state["step"] == 3 and json.loads((two / "cut_single" / "metrics.json").read_text())["stopped"] == "interrupted"
     _same_run(two / "cut", one / "gpt2_cached")                     # resumed under the launch
     assert main([*argv["gpt2_cached"], "--out", str(two / "cut_single"), "--resume"]) == 0

@@ -244,7 +244,7 @@ CASES = [
     ("decode-missing", ["decode", "nothing-here"], ".", "no run directory"),
     ("decode-a-file", ["decode", "afile.txt"], ".", "no run directory"),
     ("decode-user-dir", ["decode", "user"], ".", "config.json"),
-    ("decode-damaged-config", ["decode", "damaged"], ".", "corrupt"),
+    ("decode-damaged-config", ["decode", "damaged"], ".", "is damaged"),
     ("export-missing-run", ["export-peft", "nothing-here", "adapter"], ".", "no run directory"),
     ("import-missing-adapter", ["import-peft", "no-adapter", "new-import"], ".", "no-adapter"),
     ("model-pickle-only", ["baseline", "--model", "pickle-model", "--device", "cpu"], ".", "pickle"),
@@ -370,8 +370,8 @@ def test_a_stale_lock_is_reported_and_broken_only_when_asked(tiny_model_dir, tmp
 
 def test_disk_full_while_saving_tensors_is_one_line_naming_the_directory(tiny_model_dir, tmp_path, monkeypatch,
                                                                          capsys):
-    """18.7: safetensors reports a full disk as SafetensorError, not OSError: still one line, old run whole."""
-    from safetensors import SafetensorError
+    """18.7: the disk fills while a run's tensors are written: one line naming the file and the fix, old run whole."""
+    import errno
 
     from ptuning_lab import checkpoint
     from ptuning_lab.cli import main
@@ -379,16 +379,19 @@ def test_disk_full_while_saving_tensors_is_one_line_naming_the_directory(tiny_mo
     out = tmp_path / "run"
     assert _train(main, tiny_model_dir, out) == 0
     old = tree_state(out)
+    real = checkpoint._atomic_bytes
 
-    def full(*args, **kwargs):
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
-                              'space left on device" })')
+    def full(path, data):
+        if str(path).endswith(".safetensors"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(checkpoint, "_atomic_bytes", full)
     capsys.readouterr()
     assert _train(main, tiny_model_dir, out, "--overwrite") == 2
     [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("error: could not write tensors in ") and str(out) in line and "StorageFull" in line
+    assert line.startswith("error: No space left on device: ") and "disk" in line
+    assert ".safetensors" in line and "was left as it was" in line     # names the file; the old run is whole
     assert tree_state(out) == old and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 

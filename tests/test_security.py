@@ -33,7 +33,8 @@ def test_run_files_are_safetensors_and_json(tokenizer, tmp_path):
             out_dir=tmp_path, progress=False).fit()
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert files == ["config.json", "history.json", "prompt.safetensors", "snapshots.safetensors",
-                     "state/trainer.json", "state/trainer.safetensors"]
+                     *(f"state/step-00000{k}/{name}" for k in (1, 2)
+                       for name in ("manifest.json", "trainer.json", "trainer.safetensors"))]
 
 
 def test_absurd_virtual_token_count_is_refused(tokenizer):

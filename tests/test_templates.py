@@ -4,7 +4,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptuning_lab.templates import Template, TemplateError
+from ptuning_lab.templates import MAX_VIRTUAL_TOKENS, Template, TemplateError
 
 from conftest import make_tiny_lm
 
@@ -99,6 +99,32 @@ def test_parse_errors_name_problem_and_fix(text, needles):
         Template.parse(text)
     for needle in needles:
         assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("text, needles", [
+    (123, ["a template must be a string, got int", "[X]"]),                # not "the template is empty"
+    (b"[P] [X]", ["must be a string, got bytes"]),
+    ("[X] [P]*\u00b2", ["'[P]*\u00b2'", "ASCII digits", "[P]*3"]),          # '²'.isdigit() is True, int('²') fails
+    ("[X] [P]*\u0663", ["ASCII digits"]),                                    # Arabic-Indic 3: no silent 3
+])
+def test_parse_refuses_non_strings_and_non_ascii_counts(text, needles):
+    with pytest.raises(TemplateError) as info:
+        Template.parse(text)
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+def test_virtual_token_count_is_bounded_before_anything_is_built():
+    import tracemalloc
+
+    tracemalloc.start()
+    for text in ("[X] [P]*999999999", "[X] [P]*99999999999999999999", "[P]*4000 [X] [P]*97"):
+        with pytest.raises(TemplateError, match=f"more than {MAX_VIRTUAL_TOKENS} virtual tokens"):
+            Template.parse(text)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10_000_000              # [P]*999999999 once built a list of a billion parts (gigabytes)
+    assert Template.parse(f"[X] [P]*{MAX_VIRTUAL_TOKENS}").num_virtual_tokens == MAX_VIRTUAL_TOKENS
 
 
 def test_template_error_is_a_value_error():

@@ -293,3 +293,48 @@ def test_learning_rate_defaults_per_encoder(gpt2):
         assert trainer.config.lr == expected == default_lr(method)
         assert trainer.optimizer.param_groups[0]["initial_lr"] == expected
     assert make_trainer(gpt2, method="lstm", lr=5e-4).config.lr == 5e-4
+
+
+# ---------------------------------------------------------------- the Python API checks its arguments (issue 18.9/18.10)
+@pytest.mark.parametrize("kwargs, words", [
+    ({"lr": "0.1"}, r"lr must be a finite number, got '0.1' \(str\)"),
+    ({"batch_size": 2.5}, r"batch_size must be a whole number, got 2.5"),
+    ({"batch_size": True}, r"batch_size must be a whole number, got True \(bool\)"),
+    ({"max_steps": 2.5}, r"max_steps must be a whole number"),
+    ({"grad_clip": math.nan}, r"grad_clip must be a finite number, got nan"),
+    ({"weight_decay": math.nan}, r"weight_decay must be a finite number, got nan"),
+    ({"weight_decay": -0.1}, r"weight_decay must be >= 0"),
+    ({"seed": "0"}, r"seed must be a whole number"),
+    ({"fast": "yes"}, r"fast must be True or False"),
+])
+def test_train_config_refuses_wrong_types(kwargs, words):
+    from ptuning_lab.trainer import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match=words) as info:
+        TrainConfig(**kwargs)
+    assert isinstance(info.value, ValueError)
+    TrainConfig(grad_clip=None, max_steps=None, lr=None)             # None stays allowed where documented
+
+
+def test_trainer_refuses_a_task_name_and_says_what_to_pass(gpt2):
+    from ptuning_lab.trainer import TrainerArgumentError
+
+    enc = build_encoder("direct", 3, gpt2.embedding.detach(), init="vocab")
+    with pytest.raises(TrainerArgumentError, match=r"task must be a Task.*pass load_task\('capital'\)"):
+        Trainer(gpt2, enc, "capital", "[P][P] [X] is [P]", progress=False)
+    with pytest.raises(TrainerArgumentError, match=r"config must be a TrainConfig, got dict"):
+        Trainer(gpt2, enc, toy_task(), "[P][P] [X] is [P]", {"max_steps": 3}, progress=False)
+    with pytest.raises(TrainerArgumentError, match=r"pass FrozenLM.load\('gpt2'\)"):
+        Trainer("gpt2", enc, toy_task(), "[P][P] [X] is [P]", progress=False)
+
+
+def test_label_words_sharing_a_first_token_are_refused(gpt2):
+    words = {"positive": "very good", "negative": "very bad"}
+    exs = [Example(f"text{i}", words[label], label) for i, label in enumerate(["positive", "negative"] * 6)]
+    task = Task("pol", "[X] is", exs[:6], exs[6:9], exs[9:], sorted(words.values()), kind="classification",
+                verbalizer=words)
+    enc = build_encoder("direct", 2, gpt2.embedding.detach(), init="vocab")
+    assert gpt2.answer_ids("very good")[0] == gpt2.answer_ids("very bad")[0]      # the premise: " very"
+    with pytest.raises(ValueError, match=r"\['very good', 'very bad'\] all start with the token ' very': "
+                                         r"first-token P@1 cannot tell them apart"):
+        Trainer(gpt2, enc, task, "[P] [X] is [P]", progress=False)

@@ -127,6 +127,9 @@ def _queries(vectors, index: VocabIndex, name: str = "vectors") -> torch.Tensor:
     if Q.dim() != 2:
         raise ValueError(f"{name} must be (n, d) or (d,), got shape {tuple(Q.shape)}; for training snapshots "
                          f"(S, n, d) use drift_over_training or reshape to (S * n, d).")
+    if Q.shape[0] == 0:
+        raise ValueError(f"{name} hold no vectors (shape {tuple(Q.shape)}): a prompt with 0 virtual tokens has "
+                         "nothing to decode; pass a (n, d) prompt with n >= 1.")
     if Q.shape[1] != index.hidden_size:
         raise ValueError(f"{name} have width {Q.shape[1]} but the embedding has width {index.hidden_size}: "
                          f"pass vectors of the same model as the embedding (a prompt is (n, d_model)).")
@@ -195,6 +198,8 @@ def _scan(Q: torch.Tensor, index: VocabIndex, k: int = 1, metrics: Sequence[str]
     Returns:
         {metric: (scores (n, k), ids (n, k))} and, with rank_ids, "ranks": (n, r) long.
     """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r}: give the number of nearest tokens to find, a whole number >= 1 (e.g. k=5).")
     if allowed is not None:
         if int(allowed.sum()) < k:
             raise ValueError(f"k={k} but only {int(allowed.sum())} tokens pass the word-like filter; "

@@ -91,7 +91,16 @@ def _kind_from_columns(found: Sequence[str], where: str) -> str:
 def _cell(value, column: str, where: str) -> str:
     if isinstance(value, bool) or value is None or not isinstance(value, (str, int, float)):
         raise TaskError(f"{where}: {column!r} is {json.dumps(value)[:40]}; it must be a string (or a number).")
-    text = value.strip() if isinstance(value, str) else str(value)
+    import unicodedata
+
+    # NFC: two spellings of one subject ("é" vs "e" + combining accent) become one, so duplicates are found
+    text = unicodedata.normalize("NFC", value.strip()) if isinstance(value, str) else str(value)
+    bad = next((c for c in text if unicodedata.category(c) == "Cc" or "\u202a" <= c <= "\u202e"
+                or "\u2066" <= c <= "\u2069" or c in "\u200e\u200f"), None)
+    if bad is not None:
+        raise TaskError(f"{where}: {column!r} holds the invisible character U+{ord(bad):04X} "
+                        f"({unicodedata.name(bad, 'a control character')}); control and text-direction characters "
+                        "change what the model reads without showing. Delete it from the file.")
     if not text:
         what = {"subject": "subject", "text": "text", "object": "object (the answer)", "label": "label"}[column]
         raise TaskError(f"{where}: empty {what}; every row needs a non-empty {column} (fill it or delete the row).")
