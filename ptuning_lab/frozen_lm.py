@@ -227,8 +227,9 @@ class FrozenLM:
         if len(self._reported_cuts) > 100_000:
             self._reported_cuts.clear()
         self._reported_cuts.update((template.text, v) for v in new)
-        policy = template.truncate
-        what = "the longest slot" if policy == "longest" else f"slot [{policy}]"
+        policy, names = template.truncate, template.slot_names
+        what = f"slot [{names[0]}]" if len(names) == 1 else "the longest slot" if policy == "longest" \
+            else f"slot [{policy}]"
         warnings.warn(f"{len(cut_values)} of {n} inputs were longer than the {self.max_positions} positions of model "
                       f"'{self.name}' (template {template.text!r}): cut {what} from its {template.truncate_side} "
                       f"to fit. Template.parse(...).with_truncation(truncate, side) chooses the slot ('longest', "

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_parse_capital_template():
     t = Template.parse("The capital of [X] is [P][P]")
     # the space before [X] moves into the input, the one before [P] is dropped
-    assert t.parts == (("text", "The capital of"), ("x", ""), ("text", " is"), ("p", ""), ("p", ""))
+    assert t.parts == (("text", "The capital of"), ("x", "X"), ("text", " is"), ("p", ""), ("p", ""))
     assert t.num_virtual_tokens == 2
     assert t.has_input
     assert t.x_has_space()
@@ -33,19 +33,19 @@ def test_repeat_count_expands_to_that_many_slots():
 
 def test_whitespace_rules():
     # text after a marker keeps its leading space (" is" is the BPE token the model expects)
-    assert Template.parse("[X] [P] is").parts == (("x", ""), ("p", ""), ("text", " is"))
+    assert Template.parse("[X] [P] is").parts == (("x", "X"), ("p", ""), ("text", " is"))
     # no space before [X] -> the input is tokenized without one
     t = Template.parse("([X]) [P]")
     assert not t.x_has_space()
-    assert t.parts == (("text", "("), ("x", ""), ("text", ")"), ("p", ""))
+    assert t.parts == (("text", "("), ("x", "X"), ("text", ")"), ("p", ""))
     # whitespace of any kind before a [P] is dropped: virtual tokens carry no spaces
     assert Template.parse("a\n\t [P]").parts == (("text", "a"), ("p", ""))
     # a newline before [X] is text, not a space of the input
     t = Template.parse("Review:\n[X]\nSentiment: [P]")
     assert not t.x_has_space()
-    assert t.parts == (("text", "Review:\n"), ("x", ""), ("text", "\nSentiment:"), ("p", ""))
+    assert t.parts == (("text", "Review:\n"), ("x", "X"), ("text", "\nSentiment:"), ("p", ""))
     t = Template.parse("Q:\n [X]")
-    assert t.x_has_space() and t.parts == (("text", "Q:\n"), ("x", ""))
+    assert t.x_has_space() and t.parts == (("text", "Q:\n"), ("x", "X"))
     # a repeat count is only what follows "*" directly; punctuation after it is text
     assert Template.parse("[X] is [P]*2.").parts[-1] == ("text", ".")
 
