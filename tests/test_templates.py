@@ -50,6 +50,24 @@ def test_whitespace_rules():
     assert Template.parse("[X] is [P]*2.").parts[-1] == ("text", ".")
 
 
+def test_named_slots():
+    t = Template.parse("[premise] Question: [hypothesis] True, False or Neither? [P]*3")
+    assert t.slot_names == ("premise", "hypothesis") and t.has_input and t.num_virtual_tokens == 3
+    # the space before [hypothesis] moves into its text, as for [X]; a newline stays in the text
+    assert t.parts[:3] == (("x", "premise"), ("text", " Question:"), ("x", "hypothesis"))
+    assert not t.slot_has_space("premise") and t.slot_has_space("hypothesis")
+    t = Template.parse("[P]*2 [passage] Question: [question]? [P]*2 Answer:")
+    assert [k if k != "x" else v for k, v in t.parts] == ["p", "p", "passage", "text", "question", "text", "p",
+                                                          "p", "text"]
+    assert t.is_prefix is False and t.slot_has_space("passage") and t.slot_has_space("question")
+    assert Template.parse("[P]*4 [premise] Q: [hypothesis]").is_prefix
+    t = Template.parse("Premise:\n[premise] [P]\nHypothesis: [choice_1] [X]")
+    assert t.slot_names == ("premise", "choice_1", "X") and not t.slot_has_space("premise")
+    assert t.parts[0] == ("text", "Premise:\n")
+    assert Template.parse("[premise] [P] [hypothesis]").manual_text() == "[premise] [hypothesis]"
+    assert Template.parse("[X] is [P]").slot_names == ("X",) and Template.parse("[P] hi").slot_names == ()
+
+
 @pytest.mark.parametrize("text, prefix", [
     ("[P]*4 [X] is", True),
     ("[P][P]The capital of [X] is", True),
@@ -84,8 +102,12 @@ def test_parse_is_idempotent_and_validate_returns_self():
 @pytest.mark.parametrize("text, needles", [
     ("", ["empty", "[X]", "[P]"]),
     ("   \n", ["empty"]),
-    ("The [Y] of [X]", ["unknown marker '[Y]'", "Only [X]", "[P]"]),
-    ("[x] is [P]", ["unknown marker '[x]'"]),
+    ("The [Y] of [X]", ["unknown marker '[Y]'", "Only [X]", "[P]", "named slots", "[premise]"]),
+    ("[x] is [P]", ["unknown marker '[x]'", "did you mean [X]?"]),      # one letter: a typo, not a slot
+    ("[p] [X]", ["unknown marker '[p]'", "did you mean [P]?"]),
+    ("[Premise] [P]", ["unknown marker '[Premise]'", "lower-case"]),
+    ("[premise] and [premise] [P]", ["slot [premise] more than once", "may appear once"]),
+    ("[premise]*2 [P]", ["'[premise]*2'", "cannot be repeated"]),
     ("[] [X]", ["unknown marker '[]'"]),
     ("[X] and [X] [P]", ["more than one [X]", "exactly one"]),
     ("[X]*2 [P]", ["cannot be repeated"]),
@@ -107,8 +129,9 @@ def test_template_error_is_a_value_error():
 
 
 def test_validate_without_input():
-    with pytest.raises(TemplateError, match=r"has no \[X\]: add \[X\] where the input goes"):
+    with pytest.raises(TemplateError, match=r"has no \[X\]: add \[X\] where the input goes.*named slots"):
         Template.parse("[P]*3 hello").validate(need_virtual=True)
+    assert Template.parse("[premise] [P]").validate(need_virtual=True)       # a named slot is an input
 
 
 def test_validate_without_virtual_token():
