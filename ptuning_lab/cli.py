@@ -2,26 +2,105 @@
 
 Commands: baseline, train, compare, decode, demo, warm-cache, export-peft, import-peft. Every
 command takes ``--model`` (default ``auto``: GPT-2 where reachable, else the embedded SmolLM2-135M).
-The experiments themselves live in :mod:`ptuning_lab.experiments`; the JSON files each command
-writes are documented in README.md.
+The experiments themselves live in :mod:`ptuning_lab.experiments`, the rules for output directories
+in :mod:`ptuning_lab.rundir`; the JSON files each command writes are documented in README.md.
+
+Exit status: 0 done; 1 training stopped early (a non-finite loss, or Ctrl-C during training: what was
+trained so far is saved); 2 bad input or a file problem, reported as one line ``error: ...`` naming
+the problem and the fix (never a traceback); 130 Ctrl-C outside training.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from . import course, distributed, experiments
+from . import course, distributed, experiments, rundir
+
+EXIT_OK, EXIT_STOPPED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+STOPPED_EARLY = ("non_finite_loss", "interrupted")
+TRAIN_EXIT = ("exit status: 0 done; 1 training stopped early (a non-finite loss, or Ctrl-C: what was trained so far "
+              "is saved); 2 bad input or a file problem (one line 'error: ...' on stderr); 130 Ctrl-C before "
+              "training began.")
+PLAIN_EXIT = "exit status: 0 done; 2 bad input or a file problem (one line 'error: ...' on stderr)."
+
+
+# ---------------------------------------------------------------- argument types (argparse reports their message)
+SEED_MAX = 2**32 - 1            # the trainer derives per-epoch seeds from it; torch takes 64 bits
+
+
+def _whole(text: str) -> int | None:
+    """``int(text)``, or None for anything else ("2.5", "1e23", "ten")."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``--max-steps 0`` and ``--checkpoint-every 0`` mean nothing)."""
+    value = _whole(text)
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, such as 10 (got {text!r})")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, a whole number from 0 to 2**32 - 1."""
+    value = _whole(text)
+    if value is None or not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to {SEED_MAX} (got {text!r})")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number such as 1e-3 (got {text!r})") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, such as 1e-3 (got {text!r})")
+    return value
+
+
+def device(text: str) -> str:
+    """argparse type: cpu, cuda, cuda:N, mps or auto."""
+    name = text.strip().lower()
+    kind, _, index = name.partition(":")
+    if kind in ("cpu", "mps", "auto") and not index or kind == "cuda" and (not index or index.isdigit()):
+        return name
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or mps (or leave it out: "
+                                     "the best available)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as the one line every other error uses."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see: {self.prog} --help)\n")
 
 
 # ---------------------------------------------------------------- building blocks
+def progress_on(args) -> bool:
+    """Progress bars unless --quiet, and only on a terminal (a log file gets no bar redraws)."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
 def load_lm(args):
     from .frozen_lm import FrozenLM
 
-    lm = FrozenLM.load(args.model, device=distributed.device_for(args.device))   # cuda:LOCAL_RANK under a launch
+    if not progress_on(args):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()          # the "Loading weights" bar of transformers
+    lm = FrozenLM.load(args.model, device=distributed.device_for(args.device),   # cuda:LOCAL_RANK under a launch
+                       verbose=not getattr(args, "quiet", False))
     if getattr(args, "compile", None):
         lm.compile(mode=None if args.compile == "default" else args.compile)
     return lm
@@ -34,13 +113,9 @@ def load_task_arg(args):
                      max_examples=args.max_examples)
 
 
-def prepare_out_dir(out: Path, overwrite: bool, resume: bool = False) -> None:
-    """Refuse to write over another run unless asked to (``--overwrite`` or ``--resume``)."""
-    try:
-        experiments.prepare_out_dir(out, overwrite=overwrite, resume=resume)
-    except FileExistsError:
-        raise SystemExit(f"error: {out} already holds files (another run?). Choose another --out, pass "
-                         "--overwrite to replace it, or --resume to continue it.") from None
+def check_out_dir(args, resume: bool = False) -> Path:
+    """Everything about --out that would refuse the run, checked before the model loads or a file is touched."""
+    return rundir.check(args.out, overwrite=args.overwrite, resume=resume, break_lock=args.break_lock)
 
 
 def format_table(summary: list[dict]) -> str:
@@ -59,16 +134,32 @@ def cmd_baseline(args) -> int:
     lm = load_lm(args)
     task = load_task_arg(args)
     metrics = experiments.baseline(lm, task)
-    print(json.dumps(metrics, indent=2))
-    return 0
+    print(json.dumps(metrics) if args.json else json.dumps(metrics, indent=2))
+    return EXIT_OK
 
 
 def _train_kwargs(args) -> dict:
     kw = {"lr": args.lr, "batch_size": args.batch_size, "num_epochs": args.epochs, "max_steps": args.max_steps,
-          "eval_every": args.eval_every, "patience": args.patience}
-    if getattr(args, "checkpoint_every", None):
-        kw["checkpoint_every"] = args.checkpoint_every
+          "eval_every": args.eval_every, "patience": args.patience,
+          "checkpoint_every": getattr(args, "checkpoint_every", None)}
     return {k: v for k, v in kw.items() if v is not None}
+
+
+def _check_train_settings(args, template: str | None) -> None:
+    """The training settings and the template, checked before any file is touched or the model loads."""
+    from .templates import Template
+    from .trainer import TrainConfig
+
+    from .tracking import check_report_to
+
+    TrainConfig(**_train_kwargs(args))                  # its own range checks (e.g. warm-up, patience)
+    check_report_to(args.report_to)                     # an unknown tracker or a missing package costs nothing
+    if template is not None:
+        Template.parse(template).validate(need_virtual=True)
+
+
+def _exit_for(stopped) -> int:
+    return EXIT_STOPPED if any(s in STOPPED_EARLY for s in stopped) else EXIT_OK
 
 
 def cmd_train(args) -> int:
@@ -76,14 +167,16 @@ def cmd_train(args) -> int:
 
     check_method(args.encoder, allow_prefix=True)      # typos fail at once, before the model loads
     task = load_task_arg(args)
-    out = Path(args.out)
-    prepare_out_dir(out, args.overwrite, resume=args.resume)
+    _check_train_settings(args, args.template or experiments.default_template(task.template))
+    check_out_dir(args, resume=args.resume)
     lm = load_lm(args)
     run = experiments.train_one(lm, task, encoder=args.encoder, template=args.template, init=args.init,
-                                seed=args.seed, train=_train_kwargs(args), out=out, resume=args.resume)
+                                seed=args.seed, train=_train_kwargs(args), out=args.out, resume=args.resume,
+                                overwrite=args.overwrite, break_lock=args.break_lock, progress=progress_on(args),
+                                report_to=args.report_to)
     if distributed.is_main_process():
-        print(json.dumps(run.metrics, indent=2))
-    return 0
+        print(json.dumps(run.metrics) if args.json else json.dumps(run.metrics, indent=2))
+    return _exit_for([run.metrics["stopped"]])
 
 
 def cmd_compare(args) -> int:
@@ -92,53 +185,76 @@ def cmd_compare(args) -> int:
 
     # every name is checked before anything trains: a typo in the last encoder must not cost the first runs
     encoders = [check_method(e.strip(), allow_prefix=True) for e in args.encoders.split(",") if e.strip()]
-    tasks = [load_task(t, seed=args.data_seed, max_examples=args.max_examples) for t in args.task.split(",")]
-    out = Path(args.out)
-    prepare_out_dir(out, args.overwrite)
+    if not encoders:
+        raise ValueError(f"--encoders {args.encoders!r} names no method; give e.g. --encoders mlp,lstm,direct.")
+    names = [t.strip() for t in args.task.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"--task {args.task!r} names no task; give e.g. --task capital,continent.")
+    tasks = [load_task(t, seed=args.data_seed, max_examples=args.max_examples) for t in names]
+    for task in tasks:
+        _check_train_settings(args, args.template or experiments.default_template(task.template))
+    check_out_dir(args)
     lm = load_lm(args)
     start = time.perf_counter()
-    result = experiments.compare(lm, tasks, encoders, args.seeds, _train_kwargs(args), out, template=args.template,
-                                 init=args.init, progress=not args.quiet)
-    print(f"\nmodel: {lm.name}   ({time.perf_counter() - start:.0f} s)")
-    print(format_table(result.summary))
-    print(f"\nwrote {out / 'summary.json'} and {out / 'report.html'}")
-    return 0
+    quiet = args.quiet or args.json
+    log = (lambda line: None) if quiet else None      # --json: stdout holds the JSON alone
+    result = experiments.compare(lm, tasks, encoders, args.seeds, _train_kwargs(args), args.out,
+                                 template=args.template, init=args.init, progress=progress_on(args),
+                                 overwrite=args.overwrite, log=log, report_to=args.report_to)
+    out = Path(args.out)
+    if args.json:
+        print(json.dumps({"model": lm.name, "out": str(out), "rows": result.rows, "summary": result.summary}))
+    else:
+        print(f"\nmodel: {lm.name}   ({time.perf_counter() - start:.0f} s)")
+        print(format_table(result.summary))
+        print(f"\nwrote {out / 'summary.json'} and {out / 'report.html'}")
+    return _exit_for([r.get("stopped") for r in result.rows])
 
 
 def cmd_decode(args) -> int:
-    from .manifold import decode_run
+    from .manifold import decode_run, nearest_tokens
 
     from .prompts import KEY_VALUE, NOT_IN_VOCAB_SPACE, format_prefix_norms, prefix_from_run, produces
 
     run = ckpt.load_run(args.run)
     if produces(run.config["encoder"].get("method")) == KEY_VALUE:   # K/V prefixes: nothing to decode; show norms
 
-        print(f"{args.run}: {NOT_IN_VOCAB_SPACE}\n\n{format_prefix_norms(prefix_from_run(run))}")
-        return 0
+        if args.json:
+            print(json.dumps({"run": str(args.run), "method": "prefix", "note": NOT_IN_VOCAB_SPACE}))
+        else:
+            print(f"{args.run}: {NOT_IN_VOCAB_SPACE}\n\n{format_prefix_norms(prefix_from_run(run))}")
+        return EXIT_OK
     lm = load_lm(args) if args.model != "auto" else _lm_for_run(run, args)
     run.check_model(lm)
-    print(decode_run(run, lm, k=args.k, word_like=args.word_like))
-    return 0
+    if args.json:
+        table = nearest_tokens(run.prompt, lm.embedding, lm.token_strings, k=args.k, word_like=args.word_like)
+        print(json.dumps({"run": str(args.run), "model": lm.name, "num_virtual_tokens": int(run.prompt.shape[0]),
+                          "k": args.k, "word_like": args.word_like,
+                          "neighbours": json.loads(table.to_json(orient="records"))}))
+    else:
+        print(decode_run(run, lm, k=args.k, word_like=args.word_like))
+    return EXIT_OK
 
 
 def _lm_for_run(run, args):
     from .frozen_lm import FrozenLM
 
-    return FrozenLM.load(run.config.get("model", "auto"), device=args.device)
+    return FrozenLM.load(run.config.get("model", "auto"), device=args.device, verbose=not args.quiet)
 
 
 def cmd_demo(args) -> int:
-    lm = load_lm(args)
-    print(f"model: {lm.name} ({sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M parameters, "
-          f"vocabulary {lm.vocab_size} x {lm.hidden_size})\n")
-    print("Manual prompt as a knowledge probe: 'The capital of [X] is' ->")
-    for country, top in zip(["France", "Japan", "Egypt", "Peru"],
-                            lm.predict_next("The capital of [X] is", ["France", "Japan", "Egypt", "Peru"], k=3)):
-        print(f"  {country:<8} " + ", ".join(f"{t!r} {p:.2f}" for t, p in top))
     args.task, args.encoders = "capital", args.encoders or "mlp,lstm,direct"
     args.max_steps = args.max_steps or 40          # about 20 s of training per method on 2 CPU cores
-    print(f"\nP-tuning on 'capital' ({args.encoders}, {args.seeds} seed(s)); runs land in {args.out}")
-    args.overwrite = True
+    check_out_dir(args)                            # a second demo into the same --out is refused before the probe
+    lm = load_lm(args)
+    if not args.json:
+        print(f"model: {lm.name} ({sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M parameters, "
+              f"vocabulary {lm.vocab_size} x {lm.hidden_size})\n")
+        print("Manual prompt as a knowledge probe: 'The capital of [X] is' ->")
+        for country, top in zip(["France", "Japan", "Egypt", "Peru"],
+                                lm.predict_next("The capital of [X] is", ["France", "Japan", "Egypt", "Peru"], k=3)):
+            print(f"  {country:<8} " + ", ".join(f"{t!r} {p:.2f}" for t, p in top))
+        print(f"\nP-tuning on 'capital' ({args.encoders}, {args.seeds} seed(s)); runs land in {args.out}")
     return cmd_compare(args)
 
 
@@ -149,7 +265,7 @@ def cmd_warm_cache(args) -> int:
     if not info["umap"] and not args.no_umap:
         print("UMAP map skipped: umap-learn is not installed (pip install umap-learn)", file=sys.stderr)
     print(f"cache warm for {lm.name}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_export_peft(args) -> int:
@@ -165,124 +281,181 @@ def cmd_export_peft(args) -> int:
     print(f"wrote a PEFT {info['peft_type']} adapter to {out} ({info['why_this_peft_type']})")
     print(f"PEFT input text: {info['input_text_format']!r}   ([X] = the input; keep the leading space)")
     print("load it with: PeftModel.from_pretrained(base_model, " + repr(str(out)) + ")")
-    return 0
+    return EXIT_OK
 
 
 def cmd_import_peft(args) -> int:
+    import os
+
     from .frozen_lm import FrozenLM
     from .peft_interop import import_peft, save_imported
 
+    rundir.check(args.out, overwrite=args.overwrite, break_lock=args.break_lock)
     imported = import_peft(args.adapter)
     model = args.model or imported.config.get("model") or "auto"
     lm = FrozenLM.load(model, device=args.device, verbose=False)
     imported.check_model(lm)
-    out = save_imported(imported, args.out, lm=lm, overwrite=args.overwrite)
+    with rundir.claim(args.out, overwrite=args.overwrite, break_lock=args.break_lock) as path:
+        staging = path / ".import.tmp"           # save_imported writes a new directory; the claimed one holds the lock
+        save_imported(imported, staging, lm=lm)
+        for item in staging.iterdir():
+            os.replace(item, path / item.name)
+        staging.rmdir()
+    out = args.out
     print(f"imported a {imported.peft_config.get('peft_type')} prompt ({imported.num_virtual_tokens} virtual "
           f"tokens, width {imported.prompt.shape[1]}) into {out}; try: ptuning-lab decode {out}")
-    return 0
+    return EXIT_OK
 
 
+# ---------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ptuning-lab", description="P-tuning from the command line: probe, train, "
-                                "compare and inspect prompts. `ptuning-lab <command> --help` lists its options.")
+    p = Parser(prog="ptuning-lab", description="P-tuning from the command line: probe, train, compare and "
+               "inspect prompts. `ptuning-lab <command> --help` lists its options.",
+               epilog="exit status: 0 done; 1 training stopped early (train, compare, demo); 2 bad input or a "
+                      "file problem, reported as one line 'error: ...'.")
     from ._version import __version__
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def command(name, func, helptext, train_like=False):
+        sp = sub.add_parser(name, help=helptext, description=helptext, epilog=TRAIN_EXIT if train_like else PLAIN_EXIT)
+        sp.set_defaults(func=func)
+        return sp
+
     def common(sp):
         sp.add_argument("--model", default="auto", help="'auto' (GPT-2 where reachable, else the embedded "
                         "SmolLM2-135M), 'smollm2-135m', a Hugging Face id or a local path.")
-        sp.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available).")
+        sp.add_argument("--device", default=None, type=device, help="cpu, cuda, cuda:N, mps (default: best "
+                        "available).")
         sp.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="torch.compile the frozen model; on a GPU use --compile reduce-overhead (CUDA "
                              "graphs, about 2x faster steps on an H200). Each new batch shape compiles once (tens "
                              "of seconds): for long runs, not for a few dozen steps.")
+        sp.add_argument("--quiet", action="store_true", help="No progress bars or model messages (bars are also "
+                        "off when stderr is not a terminal).")
+
+    def json_flag(sp, what):
+        sp.add_argument("--json", action="store_true", help=f"Print {what} as one line of JSON (machine-readable).")
 
     def task_args(sp, many=False):
         sp.add_argument("--task", default="capital", help="capital, continent, language, currency, polarity, or a "
                         "JSONL/CSV file" + (" (comma-separated list allowed)" if many else ""))
         sp.add_argument("--manual-template", default=None, help="Manual template for a task file (with [X]).")
-        sp.add_argument("--data-seed", type=int, default=0, help="Seed of the train/dev/test split.")
-        sp.add_argument("--max-examples", type=int, default=None, help="Use at most this many examples.")
+        sp.add_argument("--data-seed", type=seed_int, default=0, help="Seed of the train/dev/test split.")
+        sp.add_argument("--max-examples", type=positive_int, default=None, help="Use at most this many examples.")
+
+    def out_args(sp, default=None):
+        sp.add_argument("--out", required=default is None, default=default,
+                        help="Run directory to write" + (f" (default: {default})." if default else "."))
+        sp.add_argument("--overwrite", action="store_true", help="Replace a ptuning_lab run in --out: the new run "
+                        "is written beside it and swapped in when complete; a directory of other files is refused.")
+        sp.add_argument("--break-lock", action="store_true", help="Remove the lock a killed run left in --out "
+                        "(never one of a running process).")
 
     def train_args(sp):
         sp.add_argument("--template", default=None, help="Template with [P] and [X] (default: '[P]*3 <manual "
                         "template> [P]*3').")
         sp.add_argument("--init", default="auto", help="auto (the template's own words), random, vocab, or "
                         "text:\"some words\".")
-        sp.add_argument("--lr", type=float, default=None, help="Peak learning rate (default: 1e-3 for lstm, 3e-3 for the others).")
-        sp.add_argument("--batch-size", type=int, default=None)
-        sp.add_argument("--epochs", type=int, default=None)
-        sp.add_argument("--max-steps", type=int, default=None)
-        sp.add_argument("--eval-every", type=int, default=None)
-        sp.add_argument("--patience", type=int, default=None)
-        sp.add_argument("--overwrite", action="store_true", help="Replace an existing --out directory.")
+        sp.add_argument("--report-to", default="none", metavar="TRACKER", help="none, tensorboard (event files in "
+                        "OUT/tensorboard/) or wandb (offline unless WANDB_MODE is set): train loss, lr, dev "
+                        "metrics, config and final metrics.")
+        sp.add_argument("--lr", type=positive_float, default=None, help="Peak learning rate (default: 1e-3 for "
+                        "lstm, 3e-3 for the others).")
+        sp.add_argument("--batch-size", type=positive_int, default=None)
+        sp.add_argument("--epochs", type=positive_int, default=None)
+        sp.add_argument("--max-steps", type=positive_int, default=None)
+        sp.add_argument("--eval-every", type=positive_int, default=None)
+        sp.add_argument("--patience", type=positive_int, default=None)
 
-    sp = sub.add_parser("baseline", help="Manual-prompt metrics of a task.")
-    common(sp); task_args(sp)
-    sp.set_defaults(func=cmd_baseline)
+    sp = command("baseline", cmd_baseline, "Manual-prompt metrics of a task.")
+    common(sp); task_args(sp); json_flag(sp, "the metrics (always JSON; --json: on one line)")
 
-    sp = sub.add_parser("train", help="Train one prompt encoder.")
-    common(sp); task_args(sp); train_args(sp)
+    sp = command("train", cmd_train, "Train one prompt encoder.", train_like=True)
+    common(sp); task_args(sp); train_args(sp); out_args(sp); json_flag(sp, "the metrics")
     sp.add_argument("--encoder", default="mlp", help="mlp, lstm, direct, or prefix (K/V prefixes at every layer; "
                     "the template's [P] count sets its virtual tokens).")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--out", required=True, help="Run directory to write.")
+    sp.add_argument("--seed", type=seed_int, default=0)
     sp.add_argument("--resume", action="store_true", help="Continue the run in --out from its last state.")
-    sp.add_argument("--checkpoint-every", type=int, default=None, help="Write a resumable state every k steps.")
-    sp.set_defaults(func=cmd_train)
+    sp.add_argument("--checkpoint-every", type=positive_int, default=None,
+                    help="Write a resumable state every k steps.")
 
     for name, func, helptext in (("compare", cmd_compare, "Manual baseline vs encoders x seeds, with a report."),
                                  ("demo", cmd_demo, "Knowledge probe, then compare on 'capital'.")):
-        sp = sub.add_parser(name, help=helptext)
+        sp = command(name, func, helptext, train_like=True)
         common(sp); task_args(sp, many=True); train_args(sp)
+        out_args(sp, "runs/compare" if name == "compare" else "runs/demo")
+        json_flag(sp, "the comparison (rows and summary) instead of the table")
         sp.add_argument("--encoders", default="mlp,lstm,direct" if name == "compare" else None,
                         help="Comma-separated methods: mlp, lstm, direct, prefix.")
-        sp.add_argument("--seeds", type=int, default=3 if name == "compare" else 1)
-        sp.add_argument("--out", default="runs/compare" if name == "compare" else "runs/demo")
-        sp.add_argument("--quiet", action="store_true", help="No progress bars.")
-        sp.set_defaults(func=func)
+        sp.add_argument("--seeds", type=positive_int, default=3 if name == "compare" else 1,
+                        help="How many seeds per method (seeds 0 .. N-1).")
 
-    sp = sub.add_parser("decode", help="Nearest vocabulary tokens of a run's virtual tokens.")
-    common(sp)
+    sp = command("decode", cmd_decode, "Nearest vocabulary tokens of a run's virtual tokens.")
+    common(sp); json_flag(sp, "the nearest tokens (one record per virtual token, metric and rank)")
     sp.add_argument("run", help="A run directory.")
-    sp.add_argument("-k", type=int, default=5)
+    sp.add_argument("-k", type=positive_int, default=5, help="Nearest tokens per virtual token and metric.")
     sp.add_argument("--word-like", action="store_true", help="Only word-like tokens.")
-    sp.set_defaults(func=cmd_decode)
 
-    sp = sub.add_parser("warm-cache", help="Prepare the model and the maps the lessons load.")
+    sp = command("warm-cache", cmd_warm_cache, "Prepare the model and the maps the lessons load.")
     common(sp)
     sp.add_argument("--size", default=None, choices=list(course.SIZES), help="The subsets the notebooks use "
                     "(default: PTUNING_LAB_SIZE, else lesson).")
     sp.add_argument("--no-umap", action="store_true", help="Skip the UMAP map of notebook 01 (fitted when "
                     "umap-learn is installed).")
-    sp.set_defaults(func=cmd_warm_cache)
 
-    def peft_args(sp, model_help):
+    def peft_args(sp, model_help, out_help):
         sp.add_argument("--model", default=None, help=model_help)
-        sp.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available).")
-        sp.add_argument("--overwrite", action="store_true", help="Replace an existing OUT directory.")
+        sp.add_argument("--device", default=None, type=device, help="cpu, cuda, cuda:N, mps (default: best "
+                        "available).")
+        sp.add_argument("--overwrite", action="store_true", help=out_help)
 
     from .peft_interop import PEFT_TYPES
 
-    sp = sub.add_parser("export-peft", help="Write a run's prompt as a Hugging Face PEFT adapter.")
+    sp = command("export-peft", cmd_export_peft, "Write a run's prompt as a Hugging Face PEFT adapter.")
     sp.add_argument("run", help="A run directory (its template must have all [P] first).")
     sp.add_argument("out", help="Adapter directory to write.")
-    peft_args(sp, "Base model PEFT should use, and to check against (default: the run's model).")
+    peft_args(sp, "Base model PEFT should use, and to check against (default: the run's model).",
+              "Replace an earlier export in OUT (a directory without an adapter config is refused).")
     sp.add_argument("--peft-type", default="auto", choices=PEFT_TYPES,
                     help="auto: P-tuning when PEFT's encoder matches ours, else prompt tuning (same logits).")
-    sp.set_defaults(func=cmd_export_peft)
 
-    sp = sub.add_parser("import-peft", help="Turn a PEFT prompt adapter into a run directory.")
+    sp = command("import-peft", cmd_import_peft, "Turn a PEFT prompt adapter into a run directory.")
     sp.add_argument("adapter", help="Directory written by PeftModel.save_pretrained.")
     sp.add_argument("out", help="Run directory to write (then: ptuning-lab decode OUT).")
-    peft_args(sp, "The adapter's base model (default: the one it records, else auto).")
-    sp.set_defaults(func=cmd_import_peft)
+    peft_args(sp, "The adapter's base model (default: the one it records, else auto).",
+              "Replace a ptuning_lab run in OUT (written beside it, swapped in when complete).")
+    sp.add_argument("--break-lock", action="store_true", help="Remove the lock a killed run left in OUT.")
     return p
+
+
+# ---------------------------------------------------------------- errors at the boundary
+def _os_error_line(err: OSError, args) -> str:
+    """One line for an OS error: what failed, on which path, and what to do."""
+    where = err.filename or getattr(args, "out", None) or "a file"
+    reason = err.strerror or str(err)
+    fix = {errno.ENOSPC: "free disk space or choose an --out on another disk",
+           errno.EDQUOT: "free disk space (your quota is full) or choose an --out on another disk",
+           errno.EROFS: "choose an --out on a writable disk",
+           errno.EACCES: "choose a path you can write to, or fix its permissions",
+           errno.EPERM: "choose a path you can write to, or fix its permissions",
+           errno.ENOENT: "check the path",
+           errno.ENOTDIR: "a part of the path is a file, not a directory; check the path",
+           errno.EISDIR: "give a file, not a directory"}.get(err.errno, "check the path and the disk")
+    return f"{reason}: {where}. {fix[0].upper() + fix[1:]}.{_kept(args)}"
+
+
+def _kept(args) -> str:
+    """What a failed write left: an old run being replaced is whole (the new one was written beside it)."""
+    if getattr(args, "overwrite", False) and getattr(args, "out", None):
+        return f" The earlier run in {args.out} was left as it was."
+    return ""
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from safetensors import SafetensorError
+
     from .prompts import EncoderError
     from .models import ModelLoadError
     from .tasks import TaskError
@@ -298,10 +471,18 @@ def main(argv=None) -> int:
         return code
     except (ModelLoadError, TaskError, TemplateError, EncoderError, ckpt.CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except OSError as err:                         # disk full, read-only disk, a path that is a file, ...
+        print(f"error: {_os_error_line(err, args)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SafetensorError as err:                 # safetensors reports its OS errors (disk full) as its own type
+        where = getattr(args, "out", None) or "the output directory"
+        print(f"error: could not write tensors in {where}: {str(err).splitlines()[0]}. Free disk space or choose "
+              f"an --out on another disk.{_kept(args)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         distributed.shutdown(finished)
 

@@ -13,15 +13,22 @@ Evaluation shards the examples the same way and gathers each rank's metrics; eve
 them identically, so early stopping and the best state agree everywhere. Only the main process
 writes files. Without a launcher (plain ``python``), :func:`context` is a single process: the
 trainer runs exactly as it always did, and Accelerate is not even started.
+
+Under an FSDP launch (``accelerate launch --config_file configs/accelerate_fsdp.yaml``) the frozen
+model is sharded across the ranks instead of copied (:mod:`ptuning_lab.sharding`); the prompt
+encoder, its summed gradients and everything above stay as they are.
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.distributed
+
+from . import sharding
 
 # metrics that are fractions of a count: combined from integer counts, so the gathered value is the
 # exact same float a single process computes (a 1-ulp difference could flip a best-state tie)
@@ -85,7 +92,7 @@ def shard(items: Sequence, rank: int, world_size: int) -> list:
 
 
 def shard_loss(loss_fn: Callable[[list], torch.Tensor], encoder: torch.nn.Module, examples: Sequence,
-               rank: int, world_size: int) -> torch.Tensor:
+               rank: int, world_size: int, pad_empty: bool = False) -> torch.Tensor:
     """This rank's share (0-dim) of the mean loss over the global batch ``examples``.
 
     ``loss_fn(shard)`` is the mean loss of a shard (plus any term that does not depend on the
@@ -93,11 +100,15 @@ def shard_loss(loss_fn: Callable[[list], torch.Tensor], encoder: torch.nn.Module
     ``loss_fn(examples)`` and, after backward, the sum of the ranks' gradients equal its gradient.
     A rank with an empty shard (more ranks than examples) returns a zero that needs no backward, but
     still runs the encoder once, so every rank uses the random number generator (dropout) the same
-    way and the prompts stay identical.
+    way and the prompts stay identical. With ``pad_empty`` (a sharded frozen model, whose forward
+    is a collective) an empty shard runs the batch's first example with loss weight 0 instead: the
+    same forward and backward as the other ranks, adding nothing to the sum.
     """
     if not examples:
         raise ValueError("the global batch is empty; there is nothing to train on.")
     part = shard(examples, rank, world_size)
+    if not part and pad_empty:
+        return loss_fn(list(examples[:1])) * 0.0
     if not part:
         encoder()
         return torch.zeros((), dtype=torch.float64, device=next(encoder.parameters()).device)
@@ -162,6 +173,24 @@ class Distributed:
     def __repr__(self) -> str:
         return f"Distributed(rank={self.rank}, world_size={self.world_size}, device={self.device})"
 
+    @property
+    def sharded(self) -> bool:
+        """True when the launch shards the frozen model (an FSDP config) instead of copying it."""
+        return bool(self.accelerator) and sharding.sharding_config() is not None
+
+    def prepare_frozen_model(self, lm) -> None:
+        """Shard ``lm``'s frozen model across the ranks when the launch asks for FSDP; nothing otherwise.
+
+        Every rank calls it (the trainer does, for its model); calling it again changes nothing.
+        """
+        config = sharding.sharding_config() if self.accelerator else None
+        if config is None or sharding.is_sharded(lm.model):
+            return
+        sharding.shard_frozen_model(lm.model, config, self.device)
+        held, total = sharding.block_weights(lm.model)
+        print(f"process {self.rank}: frozen model sharded over {self.world_size} processes (FSDP2); it holds "
+              f"{held:,} of the {total:,} block weights", file=sys.stderr, flush=True)
+
     def shard(self, items: Sequence) -> list:
         """This rank's contiguous shard of ``items``; all of them in a single process."""
         return shard(items, self.rank, self.world_size)
@@ -170,6 +199,7 @@ class Distributed:
         """Barrier across the ranks (nothing in a single process)."""
         if not self.accelerator:
             return
+        sharding.join()
         if self.device.type == "cpu":
             # Accelerate's barrier passes device_ids=[LOCAL_RANK], which torch maps to the host's GPU:
             # CPU processes on a one-GPU machine then fail on rank 1 with "invalid device ordinal"
@@ -184,6 +214,7 @@ class Distributed:
             return [obj]
         from accelerate.utils import gather_object
 
+        sharding.join()
         return gather_object([obj])
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
@@ -196,6 +227,7 @@ class Distributed:
             return
         from accelerate.utils import broadcast
 
+        sharding.join()
         with torch.no_grad():
             for t in [*module.parameters(), *module.buffers()]:
                 t.copy_(broadcast(t.detach().clone(), from_process=0))
@@ -212,6 +244,7 @@ class Distributed:
                 p.grad = torch.zeros_like(p)
         if not self.accelerator:
             return list(extra)
+        sharding.join()           # every rank's forwards (and backward) of a sharded model are done
         items = [p.grad for p in params] + [e.detach() for e in extra]
         groups: dict[torch.dtype, list[int]] = {}
         for i, t in enumerate(items):
@@ -233,7 +266,7 @@ class Distributed:
         ``FloatingPointError`` on every rank together (gradients cleared) when it is not finite, so
         no rank is left waiting in a collective.
         """
-        local = shard_loss(loss_fn, encoder, examples, self.rank, self.world_size)
+        local = shard_loss(loss_fn, encoder, examples, self.rank, self.world_size, pad_empty=sharding.active())
         if local.requires_grad:
             local.backward()
         # float64 on every rank: the all-reduce buffers must have the same layout everywhere
@@ -297,6 +330,7 @@ def shutdown(finished: bool) -> None:
         return
     if finished:
         _CONTEXT.wait_for_everyone()
+    sharding.forget()
     torch.distributed.destroy_process_group()
 
 

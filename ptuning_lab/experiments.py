@@ -16,8 +16,8 @@ typed result; the metrics are the same dicts the run directories hold (``metrics
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, rundir
 from .templates import Template
 from .trainer import TrainConfig, TrainResult
 
@@ -111,8 +111,9 @@ def _train_config(train, seed: int) -> TrainConfig:
 
 
 def train_one(lm, task, *, encoder: str = "mlp", template: str | None = None, init: str = "auto", seed: int = 0,
-              train: dict | TrainConfig | None = None, out=None, resume: bool = False, progress: bool = True,
-              encoder_config=None, callbacks: Iterable = ()) -> RunResult:
+              train: dict | TrainConfig | None = None, out=None, resume: bool = False, overwrite: bool = False,
+              break_lock: bool = False, progress: bool = True, encoder_config=None,
+              callbacks: Iterable = (), report_to: str = "none") -> RunResult:
     """Train one prompt encoder on one task, score it on the test split; write the run dir when ``out``.
 
     Args:
@@ -123,8 +124,15 @@ def train_one(lm, task, *, encoder: str = "mlp", template: str | None = None, in
             or ``"text:some words"``.
         seed: the encoder's initialisation and the data order (``TrainConfig.seed``).
         train: :class:`TrainConfig` or a dict of its fields (``{"max_steps": 40, "lr": 3e-3}``).
-        out: run directory (config, prompt, history and ``metrics.json``); None writes nothing.
+        out: run directory (config, prompt, history and ``metrics.json``); None writes nothing. A
+            directory holding files is refused unless ``resume`` (continue it) or ``overwrite`` (replace a
+            run of ours: the new run is written beside it and renamed into place when it is complete);
+            ``break_lock`` removes a dead process's lock. See :mod:`ptuning_lab.rundir`.
+        report_to: ``"none"``, ``"tensorboard"`` (event files in ``out/tensorboard/``) or ``"wandb"``
+            (offline unless ``WANDB_MODE`` says otherwise): train loss, lr, dev metrics, config and the
+            final metrics, through Accelerate's trackers (:mod:`ptuning_lab.tracking`). Needs ``out``.
     """
+    from . import tracking
     from .evaluation import evaluate
     from .prompts import KEY_VALUE, build_encoder, produces
     from .trainer import Trainer
@@ -141,20 +149,30 @@ def train_one(lm, task, *, encoder: str = "mlp", template: str | None = None, in
     prompt_encoder = build_encoder(encoder, n, lm.embedding.detach(), init=init, tokenize=lm.tokenize, seed=seed,
                                    config=encoder_config, **extra)
     out = Path(out) if out is not None else None
-    trainer = Trainer(lm, prompt_encoder, task, template, config, out_dir=out, progress=progress,
-                      callbacks=callbacks, run_config={"task": task.name, "init": init})
-    result = trainer.fit(resume=resume)
-    prompt = result.prompt.to(lm.device)       # test split shared out across the ranks under a launch
-    test = trainer.dist.evaluate(lambda examples: evaluate(lm, template, examples, prompt, answers=task.answers),
-                                 task.test)
-    metrics = {"task": task.name, "encoder": encoder, "seed": seed, "template": template,
-               "test_p_at_1": test["p_at_1"], "test_candidate_accuracy": test["candidate_accuracy"],
-               "dev_p_at_1": result.best_dev.get("p_at_1"),
-               "trainable_params": prompt_encoder.num_trainable_parameters(),
-               "train_seconds": round(result.seconds, 2), "steps": trainer.step, "best_step": result.best_step,
-               "stopped": result.stopped}
-    if out and trainer.dist.is_main_process:
-        ckpt.write_json(out / "metrics.json", metrics)
+    if tracking.check_report_to(report_to) != "none" and out is None:      # before any file or step
+        raise tracking.TrackingError(f"report_to={report_to!r} needs a run directory: pass out= (CLI: --out).")
+    # checked and locked before anything is written; an exception below leaves an old run whole
+    claim = rundir.claim(out, overwrite=overwrite, resume=resume, break_lock=break_lock) if out else None
+    with claim or contextlib.nullcontext() as write_dir:
+        # the tracker writes inside the directory being written, so its files move with the finished run
+        tracker = tracking.callback_for(report_to, write_dir, {"task": task.name, "encoder": encoder})
+        callbacks = [*callbacks, tracker] if tracker else list(callbacks)
+        trainer = Trainer(lm, prompt_encoder, task, template, config, out_dir=write_dir, progress=progress,
+                          callbacks=callbacks, run_config={"task": task.name, "init": init})
+        result = trainer.fit(resume=resume)
+        prompt = result.prompt.to(lm.device)       # test split shared out across the ranks under a launch
+        test = trainer.dist.evaluate(lambda examples: evaluate(lm, template, examples, prompt,
+                                                               answers=task.answers), task.test)
+        metrics = {"task": task.name, "encoder": encoder, "seed": seed, "template": template,
+                   "test_p_at_1": test["p_at_1"], "test_candidate_accuracy": test["candidate_accuracy"],
+                   "dev_p_at_1": result.best_dev.get("p_at_1"),
+                   "trainable_params": prompt_encoder.num_trainable_parameters(),
+                   "train_seconds": round(result.seconds, 2), "steps": trainer.step, "best_step": result.best_step,
+                   "stopped": result.stopped}
+        if write_dir and trainer.dist.is_main_process:
+            ckpt.write_json(write_dir / "metrics.json", metrics)
+        if tracker:
+            tracker.finish(metrics)              # the test metrics as final/*, then the tracker is closed
     return RunResult(metrics=metrics, train_result=result, init=init, out=out)
 
 
@@ -190,25 +208,6 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def prepare_out_dir(out, overwrite: bool = False, resume: bool = False) -> Path:
-    """Make ``out`` ready for a run; a directory holding files is refused unless ``overwrite`` or ``resume``.
-
-    Raises FileExistsError before anything is touched. Under a launch only the main process clears it.
-    """
-    out = Path(out)
-    busy = out.exists() and any(out.iterdir()) and not resume
-    distributed.wait_for_everyone()          # every rank has looked before the directory is cleared
-    if busy:
-        if not overwrite:
-            raise FileExistsError(f"{out} already holds files (another run?). Choose another directory, pass "
-                                  "overwrite=True to replace it, or resume=True to continue it.")
-        if distributed.is_main_process():
-            shutil.rmtree(out)
-    distributed.wait_for_everyone()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def _plain_report(summary, model_name) -> str:
     import html
 
@@ -224,43 +223,48 @@ def _print_now(line: str) -> None:
 
 def compare(lm, tasks, encoders: Sequence[str], seeds: int | Sequence[int], train: dict | TrainConfig | None,
             out, template: str | None = None, init: str = "auto", progress: bool = True, overwrite: bool = False,
-            log: Callable[[str], None] | None = None) -> CompareResult:
+            log: Callable[[str], None] | None = None, report_to: str = "none") -> CompareResult:
     """The manual baseline, then each encoder x seed on each task; writes summary.json and report.html.
 
     Args:
         seeds: how many seeds (``3`` -> seeds 0, 1, 2) or the seeds themselves (``[0, 5]``).
         train, template, init: as :func:`train_one`, the same for every run.
         out: the comparison directory; run ``k`` of an encoder lands in ``out/<task>/<encoder>-seed<k>/``.
-            A directory that already holds files is refused unless ``overwrite=True``.
+            A directory that already holds files is refused unless ``overwrite=True`` replaces a comparison
+            of ours (written beside it, swapped in when complete; see :mod:`ptuning_lab.rundir`).
         log: receives one line per finished run (default: print it at once; ``log=lambda line: None``: silent).
     """
     log = log or _print_now
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    out = prepare_out_dir(out, overwrite=overwrite)
+    if not encoders or not seeds or not tasks:
+        raise ValueError(f"nothing to compare: {len(tasks)} task(s), {len(encoders)} encoder(s), {len(seeds)} "
+                         "seed(s); give at least one of each (CLI: --task, --encoders, --seeds).")
+    out = Path(out)
     rows, runs = [], {}
-    for task in tasks:
-        rows.append(baseline(lm, task))
-        for enc in encoders:
-            for seed in seeds:
-                run_dir = prepare_out_dir(out / task.name / f"{enc}-seed{seed}", overwrite=True)
-                run = train_one(lm, task, encoder=enc, template=template, init=init, seed=seed, train=train,
-                                out=run_dir, progress=progress)
-                runs[(task.name, enc, seed)] = run
-                rows.append(run.metrics)
-                log(f"  {task.name:<10} {enc:<7} seed {seed}: test P@1 {run.metrics['test_p_at_1']:.3f} "
-                    f"({run.metrics['train_seconds']:.0f} s)")
-    result = CompareResult(rows=rows, summary=summarize(rows), runs=runs, out=out)
-    if not distributed.is_main_process():       # under a launch the main process writes summary and report
-        return result
-    ckpt.write_json(out / "summary.json", {"model": lm.name, "rows": rows, "summary": result.summary})
-    try:
-        from .report import write_report
+    # the whole comparison is one unit: with overwrite it is written beside the old one and swapped in at the end
+    with rundir.claim(out, overwrite=overwrite, kind="compare") as write_dir:
+        for task in tasks:
+            rows.append(baseline(lm, task))
+            for enc in encoders:
+                for seed in seeds:
+                    where = Path(task.name) / f"{enc}-seed{seed}"
+                    run = train_one(lm, task, encoder=enc, template=template, init=init, seed=seed, train=train,
+                                    out=write_dir / where, progress=progress, report_to=report_to)
+                    runs[(task.name, enc, seed)] = run = dataclasses.replace(run, out=out / where)
+                    rows.append(run.metrics)
+                    log(f"  {task.name:<10} {enc:<7} seed {seed}: test P@1 {run.metrics['test_p_at_1']:.3f} "
+                        f"({run.metrics['train_seconds']:.0f} s)")
+        result = CompareResult(rows=rows, summary=summarize(rows), runs=runs, out=out)
+        if distributed.is_main_process():       # under a launch the main process writes summary and report
+            ckpt.write_json(write_dir / "summary.json", {"model": lm.name, "rows": rows, "summary": result.summary})
+            try:
+                from .report import write_report
 
-        write_report(out, lm=lm, summary=result.summary, rows=rows)
-    except ImportError:                          # plotly missing: the table alone
-        ckpt.write_text(out / "report.html", _plain_report(result.summary, lm.name))
+                write_report(write_dir, lm=lm, summary=result.summary, rows=rows)
+            except ImportError:                          # plotly missing: the table alone
+                ckpt.write_text(write_dir / "report.html", _plain_report(result.summary, lm.name))
     return result
 
 
 __all__ = ["DEFAULT_VIRTUAL", "RunResult", "CompareResult", "default_template", "default_init", "train_one",
-           "baseline", "summarize", "compare", "prepare_out_dir"]
+           "baseline", "summarize", "compare"]

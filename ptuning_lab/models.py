@@ -48,7 +48,17 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps (or leave it out: "
+                             "the best available).") from err
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"device {str(device)!r} is not supported; use cpu, cuda, cuda:N or mps.")
+    if device.type == "cuda" and device.index is not None and torch.cuda.is_available() \
+            and device.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {str(device)!r} does not exist: torch sees {torch.cuda.device_count()} "
+                             f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(
             "device 'cuda' was requested but torch sees no CUDA GPU "
@@ -160,6 +170,27 @@ def resolve_model_name(name: str = "auto") -> tuple[str, str]:
     return name, "requested"
 
 
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "tf_model.h5")
+
+
+def _check_local_model(local: Path) -> None:
+    """Refuse a local model that is not a directory, lacks config.json, or has only pickle weights."""
+    if not local.is_dir():
+        raise ModelLoadError(f"model path '{local}' is a file; give the directory written by save_pretrained "
+                             "(config.json, model.safetensors and the tokenizer files).")
+    if not (local / "config.json").is_file():
+        raise ModelLoadError(f"model directory '{local}' has no config.json: it is not a saved Hugging Face model. "
+                             "Give the directory written by model.save_pretrained(...).")
+    has_safetensors = any(local.glob("*.safetensors")) or (local / "model.safetensors.index.json").is_file()
+    pickles = [name for name in PICKLE_WEIGHTS if (local / name).exists()]
+    if not has_safetensors and pickles:
+        raise ModelLoadError(
+            f"model directory '{local}' holds only pickle weights ({', '.join(pickles)}); ptuning_lab loads "
+            "safetensors only, because loading a pickle file can run arbitrary code. If you trust the file, "
+            "convert it once: AutoModelForCausalLM.from_pretrained(dir, use_safetensors=False)"
+            ".save_pretrained(dir) (writes model.safetensors).")
+
+
 def load_model(name: str = "auto", device=None, dtype=None, verbose: bool = True):
     """Load a frozen causal LM and its tokenizer.
 
@@ -169,6 +200,11 @@ def load_model(name: str = "auto", device=None, dtype=None, verbose: bool = True
         dtype: torch dtype for the weights (default float32).
     Returns:
         (model, tokenizer, resolved_name). The model is in eval mode with no parameter requiring grad.
+        ``resolved_name`` is what a run records to load the model again: the absolute path for a local
+        directory (so ``decode`` works from any directory), else the name as given.
+
+    Weights are read from safetensors only: a pickle checkpoint (``pytorch_model.bin``) can run code
+    when loaded, so a directory with only pickle weights is refused with a message saying how to convert it.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -181,7 +217,8 @@ def load_model(name: str = "auto", device=None, dtype=None, verbose: bool = True
         path, kwargs = resolved, {}
         local = Path(resolved).expanduser()
         if local.exists():
-            path = str(local)
+            path = resolved = str(local.resolve())       # a run records where the model is, from anywhere
+            _check_local_model(local)
         elif resolved.startswith((".", "/", "~")):
             raise ModelLoadError(f"model path '{resolved}' does not exist. Give an existing directory "
                                  f"saved with save_pretrained, a Hugging Face id such as 'gpt2', or '{EMBEDDED_NAME}'.")
@@ -189,7 +226,7 @@ def load_model(name: str = "auto", device=None, dtype=None, verbose: bool = True
         print(f"[ptuning_lab] model: {resolved} ({why})", file=sys.stderr, flush=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, **kwargs)
     except ModelLoadError:
         raise
     except (OSError, ValueError) as err:

@@ -141,6 +141,7 @@ class Trainer:
                              f"encoder has no input-layer prompt. Set waywardness_gamma=0.")
         self.callbacks = list(callbacks)
         self.dist = distributed.context()      # a single process unless started by `accelerate launch`
+        self.dist.prepare_frozen_model(lm)     # an FSDP launch: the frozen model is sharded across the ranks
         self.dist.broadcast_parameters(self.encoder)       # under a launch: every rank starts from rank 0's weights
         self.out_dir = Path(out_dir) if out_dir else None
         self.run_config = run_config or {}
@@ -214,9 +215,8 @@ class Trainer:
         """The prompt (n, d) the encoder makes now, in eval mode (no dropout)."""
         was = self.encoder.training
         self.encoder.eval()
-        prompt = self.encoder().detach()
-        if isinstance(prompt, torch.Tensor):
-            prompt = prompt.clone()      # a direct encoder returns its own weight: snapshots must not alias it
+        # direct and prefix-table encoders return views of their own weights: snapshots must not alias them
+        prompt = self.encoder().detach().clone()
         self.encoder.train(was)
         return prompt
 

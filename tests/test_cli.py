@@ -49,8 +49,9 @@ def test_train_writes_a_complete_run_and_refuses_to_overwrite(tiny_model_dir, tm
     assert torch.allclose(run.encoder()(), run.prompt, atol=1e-6)
     # a second run into the same directory is refused, nothing is touched
     before = (out / "metrics.json").read_text()
-    with pytest.raises(SystemExit, match="--overwrite"):
-        main(args)
+    capsys.readouterr()
+    assert main(args) == 2                                   # the documented status of a refusal
+    assert "--overwrite" in capsys.readouterr().err
     assert (out / "metrics.json").read_text() == before
     assert main(args + ["--overwrite"]) == 0
 
@@ -143,3 +144,52 @@ def test_warm_cache_fills_the_caches_the_lessons_read(tiny_model_dir, tmp_path, 
     for flags in ([], ["--size", "ci"], ["--no-umap"]):
         assert main(["warm-cache", "--model", tiny_model_dir, "--device", "cpu", *flags]) == 0
     assert calls == [("lesson", None), ("ci", None), ("lesson", False)]
+
+
+def test_every_command_documents_its_exit_status(capsys):
+    """Issue 20.3: `<command> --help` says what 0, 1 and 2 mean (1 only where training can stop early)."""
+    for name in ["baseline", "train", "compare", "demo", "decode", "warm-cache", "export-peft", "import-peft"]:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "exit status: 0 done;" in text and "2 bad input" in text, name
+        assert ("1 training stopped early" in text) == (name in ("train", "compare", "demo")), name
+
+
+def test_json_output_of_compare_and_baseline(tiny_model_dir, tmp_path, capsys):
+    """--json: stdout is one JSON document (the table's numbers), nothing else."""
+    out = tmp_path / "cmp"
+    assert main(["compare", "--task", "capital", "--encoders", "direct", "--seeds", "1", "--model", tiny_model_dir,
+                 "--max-steps", "1", "--batch-size", "4", "--json", "--out", str(out), *COMMON]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["rows"] == json.loads((out / "summary.json").read_text())["rows"]
+    assert [r["encoder"] for r in printed["summary"]] == ["manual", "direct"]
+    assert main(["baseline", "--model", tiny_model_dir, "--json", *COMMON]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["encoder"] == "manual"
+
+
+def test_progress_bars_only_on_a_terminal_and_never_with_quiet(monkeypatch):
+    from argparse import Namespace
+
+    from ptuning_lab.cli import progress_on
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    assert progress_on(Namespace(quiet=False)) and not progress_on(Namespace(quiet=True))
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)          # a log file or a pipe: no bar redraws
+    assert not progress_on(Namespace(quiet=False))
+
+
+def test_a_run_stopped_by_a_non_finite_loss_exits_1(tiny_model_dir, tmp_path, monkeypatch):
+    """Exit status 1: the training stopped early; what was trained so far is saved."""
+    from ptuning_lab.trainer import Trainer
+
+    def nan_step(self, examples):
+        raise FloatingPointError(f"the training loss became nan at step {self.step}")
+
+    monkeypatch.setattr(Trainer, "train_step", nan_step)
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="training stopped"):
+        code = main(["train", "--task", "capital", "--encoder", "direct", "--model", tiny_model_dir,
+                     "--max-steps", "2", "--out", str(out), *COMMON])
+    assert code == 1 and json.loads((out / "metrics.json").read_text())["stopped"] == "non_finite_loss"

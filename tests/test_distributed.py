@@ -183,8 +183,9 @@ def test_two_processes_give_the_single_process_prompt(tiny_model_dir, tmp_path):
              "--max-examples", "26", "--batch-size", "5", "--max-steps", "6", "--eval-every", "2",
              "--checkpoint-every", "3", "--lr", "0.02"]
     two, one = tmp_path / "two", tmp_path / "one"
-    two.mkdir()
-    (two / "stale.txt").write_text("from an earlier run")               # --overwrite: main clears it, once
+    two.mkdir()                                                          # an earlier run of ours: --overwrite
+    (two / ".ptuning_lab_run").write_text('{"kind": "run"}')             # replaces it, once (the main process)
+    (two / "metrics.json").write_text('{"stale": true}')
     launched_run = _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                          "--main_process_port", str(_free_port()), "-m", "ptuning_lab.cli", *train,
@@ -193,7 +194,7 @@ def test_two_processes_give_the_single_process_prompt(tiny_model_dir, tmp_path):
 
     assert "process 0 of 2" in launched_run.stderr and "process 1 of 2" in launched_run.stderr
     printed = json.loads(launched_run.stdout)                           # one JSON: only the main process prints
-    assert not (two / "stale.txt").exists()
+    assert "stale" not in json.loads((two / "metrics.json").read_text())
 
     a, b = ckpt.load_run(one), ckpt.load_run(two)
     moved = (a.prompt - a.snapshots[0]).abs().max()
@@ -213,3 +214,178 @@ def test_two_processes_give_the_single_process_prompt(tiny_model_dir, tmp_path):
     for key in ("test_p_at_1", "test_candidate_accuracy", "dev_p_at_1", "steps", "best_step", "stopped"):
         assert b.metrics[key] == ma[key] == printed[key], key
     assert json.loads((two / "state" / "trainer.json").read_text())["step"] == 6
+
+
+# ---------------------------------------------------------------- a sharded frozen model (FSDP2): 2 CPU processes
+# One launch runs several trainings in one process group (a launch costs most of the time on 2 cores).
+# Each job: ["train", argv] runs the CLI's train command; ["stop_at", k, argv] the same, interrupted after
+# step k (the state of the last checkpoint stays, as after a crash); ["copy", src, dst] copies a run (main
+# process) for a later single-process resume.
+FSDP_DRIVER = r'''
+import json, shutil, sys
+from ptuning_lab import cli, distributed, trainer
+
+class StopAt(trainer.Callback):
+    def __init__(self, step):
+        self.step = step
+    def on_step_end(self, t, step, loss):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+ctx = distributed.context(cpu=True)
+plain_train_one = cli.train_one
+for job in json.loads(sys.argv[1]):
+    if job[0] == "copy":
+        ctx.wait_for_everyone()
+        if ctx.is_main_process:
+            shutil.copytree(job[1], job[2])
+        ctx.wait_for_everyone()
+        continue
+    stop = job[1] if job[0] == "stop_at" else None
+    cli.train_one = (lambda *a, **k: plain_train_one(*a, **{**k, "callbacks": [StopAt(stop)]})) if stop else plain_train_one
+    args = cli.build_parser().parse_args(job[-1])
+    assert args.func(args) == 0
+from ptuning_lab import sharding
+print(f"rank {ctx.rank} ran {sharding.lockstep().dummy_forwards} dummy forwards", file=sys.stderr, flush=True)
+distributed.shutdown(True)
+'''
+
+FSDP_CONFIG = REPO / "configs" / "accelerate_fsdp_cpu.yaml"
+
+
+def _same_run(b, a, tol=1e-5):
+    """Run directories ``b`` and ``a`` hold the same prompt, encoder, snapshots and history (to ``tol``)."""
+    rb, ra = ckpt.load_run(b), ckpt.load_run(a)
+    dev_losses = [r["dev_loss"] for r in ra.history["eval"]]
+    assert max(dev_losses) - min(dev_losses) > 1e-4          # training moved the prompt (same dev set, new loss)...
+    assert torch.allclose(rb.prompt, ra.prompt, atol=tol, rtol=0)          # ...the same way in both runs
+    for k in ra.encoder_state:
+        assert torch.allclose(rb.encoder_state[k], ra.encoder_state[k], atol=tol, rtol=0), k
+    assert rb.snapshot_steps == ra.snapshot_steps and torch.allclose(rb.snapshots, ra.snapshots, atol=tol, rtol=0)
+    assert [(r["step"], r["lr"]) for r in rb.history["train"]] == [(r["step"], r["lr"]) for r in ra.history["train"]]
+    assert [r["loss"] for r in rb.history["train"]] == pytest.approx([r["loss"] for r in ra.history["train"]], abs=tol)
+    assert [(r["step"], r["dev_p_at_1"]) for r in rb.history["eval"]] == [(r["step"], r["dev_p_at_1"])
+                                                                          for r in ra.history["eval"]]
+    assert [r["dev_loss"] for r in rb.history["eval"]] == pytest.approx([r["dev_loss"] for r in ra.history["eval"]],
+                                                                        abs=tol)
+    assert (rb.history["best_step"], rb.history["stopped"]) == (ra.history["best_step"], ra.history["stopped"])
+    mb, ma = (json.loads((d / "metrics.json").read_text()) for d in (b, a))
+    for key in ("test_p_at_1", "test_candidate_accuracy", "dev_p_at_1", "steps", "best_step", "stopped"):
+        assert mb[key] == ma[key], key
+
+
+@pytest.mark.slow          # one launch of 2 CPU processes running 5 trainings, and 4 single-process runs: about 60 s
+def test_sharded_frozen_model_gives_the_single_process_runs(tiny_model_dir, tokenizer, tmp_path):
+    """FSDP2 over 2 gloo processes == 1 process with the same global batch, for GPT-2 and Llama, on the
+    fast path with per-example cached prefixes and packing, for prefix tuning, and across a resume."""
+    from ptuning_lab.cli import main
+
+    llama = tmp_path / "tiny-llama"
+    make_tiny_lm("llama", tokenizer).model.save_pretrained(llama)
+    tokenizer.save_pretrained(llama)
+    # 16 train / 5 dev / 5 test; global batch 5 -> shards 3/2, and the epoch's last batch of 1 -> 1/0: rank 1
+    # pads it with a weight-0 example. Dev 3/2, test 3/2 with candidate scoring: uneven numbers of forwards.
+    common = ["--task", "capital", "--device", "cpu", "--max-examples", "26", "--batch-size", "5", "--max-steps", "6",
+              "--eval-every", "2", "--lr", "0.02"]
+    runs = {
+        # text before the first [P]: each example's constant prefix is cached (misses differ between the ranks)
+        "gpt2_cached": ["--model", tiny_model_dir, "--encoder", "mlp", "--template", "The capital of [X] is [P][P][P]",
+                        "--checkpoint-every", "3"],
+        # the default template: a shared head and packed rows
+        "llama_packed": ["--model", str(llama), "--encoder", "lstm"],
+        "llama_prefix": ["--model", str(llama), "--encoder", "prefix"],
+    }
+    argv = {name: ["train", *common, *extra] for name, extra in runs.items()}
+    two, one = tmp_path / "two", tmp_path / "one"
+    jobs = [["train", [*argv[name], "--out", str(two / name)]] for name in runs]
+    jobs += [["stop_at", 4, [*argv["gpt2_cached"], "--out", str(two / "cut")]],          # state saved at step 3
+             ["copy", str(two / "cut"), str(two / "cut_single")],
+             ["train", [*argv["gpt2_cached"], "--out", str(two / "cut"), "--resume"]]]
+    driver = tmp_path / "driver.py"
+    driver.write_text(FSDP_DRIVER)
+    launch = _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+                   "--num_processes", "2", "--main_process_port", str(_free_port()), str(driver), json.dumps(jobs)],
+                  tmp_path)
+    for rank in (0, 1):      # really sharded: each process holds half of the blocks' weights
+        assert f"process {rank}: frozen model sharded over 2 processes (FSDP2)" in launch.stderr
+    dummies = [int(line.split()[3]) for line in launch.stderr.splitlines() if " dummy forwards" in line]
+    assert len(dummies) == 2 and max(dummies) > 0        # the ranks' forwards differed, and were kept in step
+    for name in runs:
+        assert main([*argv[name], "--out", str(one / name)]) == 0
+        _same_run(two / name, one / name)
+    state = json.loads((two / "cut_single" / "state" / "trainer.json").read_text())
+    assert state["step"] == 3 and json.loads((two / "cut_single" / "metrics.json").read_text())["stopped"] == "interrupted"
+    _same_run(two / "cut", one / "gpt2_cached")                     # resumed under the launch
+    assert main([*argv["gpt2_cached"], "--out", str(two / "cut_single"), "--resume"]) == 0
+    _same_run(two / "cut_single", one / "gpt2_cached")              # resumed in a single process
+
+
+def test_sharding_is_read_from_the_accelerate_fsdp_config():
+    from ptuning_lab.sharding import ShardingConfig, sharding_config
+
+    assert sharding_config({}) is None and sharding_config({"ACCELERATE_USE_FSDP": "false"}) is None
+    fsdp2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+    assert sharding_config(fsdp2) == ShardingConfig()
+    assert sharding_config({**fsdp2, "FSDP_RESHARD_AFTER_FORWARD": "false", "FSDP_OFFLOAD_PARAMS": "true",
+                            "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer, GPT2Block"}) == \
+        ShardingConfig(False, True, ("LlamaDecoderLayer", "GPT2Block"))
+    with pytest.raises(ValueError, match="fsdp_version: 2"):
+        sharding_config({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"})
+    with pytest.raises(ValueError, match="TRANSFORMER_BASED_WRAP"):
+        sharding_config({**fsdp2, "FSDP_AUTO_WRAP_POLICY": "SIZE_BASED_WRAP"})
+    with pytest.raises(ValueError, match="activation_checkpointing"):
+        sharding_config({**fsdp2, "FSDP_ACTIVATION_CHECKPOINTING": "true"})
+    # what the repository's config files ask for, as `accelerate launch` passes it on
+    import yaml
+
+    for name in ("accelerate_fsdp.yaml", "accelerate_fsdp_cpu.yaml"):
+        cfg = yaml.safe_load((REPO / "configs" / name).read_text())
+        assert cfg["distributed_type"] == "FSDP" and cfg["fsdp_config"]["fsdp_version"] == 2
+        assert cfg["use_cpu"] == name.endswith("_cpu.yaml")
+
+
+def test_transformer_blocks_are_found(tokenizer):
+    from ptuning_lab.sharding import transformer_blocks
+
+    for kind, cls in (("gpt2", "GPT2Block"), ("llama", "LlamaDecoderLayer")):
+        model = make_tiny_lm(kind, tokenizer).model
+        blocks = transformer_blocks(model)
+        assert [type(b).__name__ for b in blocks] == [cls, cls]
+        with pytest.raises(ValueError, match="fsdp_transformer_layer_cls_to_wrap"):
+            transformer_blocks(model, ("NoSuchBlock",))
+
+
+@pytest.mark.slow          # a torchrun of 2 CPU processes plus the 1-process reference it starts: about 25 s
+def test_sharded_benchmark_checks_equality_on_cpu(tmp_path):
+    """benchmarks/sharded.py (written for GPUs) runs sharded under torchrun with gloo, and its --check holds."""
+    out = tmp_path / "bench.json"
+    proc = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                 str(_free_port()), "benchmarks/sharded.py", "--device", "cpu", "--check", "--json", str(out)],
+                tmp_path)
+    check = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHECK")]
+    assert len(check) == 1 and check[0].endswith("OK"), proc.stdout
+    ranks = json.loads(out.read_text())["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["sharded"] and r["tokens_per_s"] > 0 for r in ranks)
+    assert ranks[0]["losses"] == pytest.approx(ranks[1]["losses"], abs=0)        # one global loss per step
+
+
+def test_only_forwards_with_inputs_that_need_grad_count_as_training_forwards(gpt2, monkeypatch):
+    """The lockstep tells a training forward (it has a backward on every rank) from one without gradients
+    by its inputs: grad mode alone would count the fast path's prefix-cache forward as training."""
+    from transformers import DynamicCache
+
+    from ptuning_lab.sharding import _needs_grad
+
+    frozen, trained = torch.zeros(2, 3), torch.zeros(2, 3, requires_grad=True)
+    assert not _needs_grad([frozen, None, 3]) and _needs_grad([frozen, trained])
+    cache = DynamicCache()
+    cache.update(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), 0)
+    assert not _needs_grad([frozen, cache])
+    cache.update(torch.zeros(1, 2, 3, 4, requires_grad=True), torch.zeros(1, 2, 3, 4), 1)     # a K/V prefix
+    assert _needs_grad([frozen, cache])
+    # without a launch an FSDP environment changes nothing: one process has nothing to shard over
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    ctx = Distributed()
+    ctx.prepare_frozen_model(gpt2)
+    assert not ctx.sharded and all(type(p) is torch.nn.Parameter for p in gpt2.model.parameters())

@@ -235,3 +235,35 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("PTUNING_LAB_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "ptuning_lab"
+
+
+def test_only_safetensors_weights_are_loaded(offline, tokenizer, tmp_path):
+    """18.12: a directory holding only pickle weights is refused by us, before torch's loader sees it."""
+    tiny = make_tiny_lm("gpt2", tokenizer)
+    tiny.model.config.save_pretrained(tmp_path / "pickled")       # the layout of an old pickle checkpoint
+    torch.save(tiny.model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    tokenizer.save_pretrained(tmp_path / "pickled")
+    assert (tmp_path / "pickled" / "pytorch_model.bin").is_file()
+    assert not list((tmp_path / "pickled").glob("*.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"only pickle weights \(pytorch_model.bin\).*safetensors only"):
+        load_model(str(tmp_path / "pickled"), verbose=False)
+    (tmp_path / "no-config").mkdir()
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        load_model(str(tmp_path / "no-config"), verbose=False)
+
+
+def test_a_local_model_is_recorded_by_its_absolute_path(offline, tokenizer, tmp_path, monkeypatch):
+    """18.11: the resolved name of a relative local path is absolute: a run can find its model from anywhere."""
+    tiny = make_tiny_lm("gpt2", tokenizer)
+    tiny.model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    _, _, resolved = load_model("tiny", verbose=False)
+    assert resolved == str((tmp_path / "tiny").resolve())
+
+
+def test_unknown_devices_are_refused_with_the_choices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("tpu", "quantum", "meta"):
+        with pytest.raises(ModelLoadError, match="cpu, cuda, cuda:N or mps"):
+            pick_device(name)

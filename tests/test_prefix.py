@@ -287,6 +287,9 @@ def test_training_saves_a_run_that_round_trips(lm64, config, tmp_path):
     assert isinstance(result.prompt, PrefixKV)
     geo = GEOMETRY[kind_of(lm64)]
     assert result.snapshots.shape == (3, 3, geo.flat_width) and result.snapshot_steps == [0, 2, 4]
+    # each snapshot is the prefix of its own step, not a view of the live table (it used to alias it on CPU)
+    assert not torch.equal(result.snapshots[0], result.snapshots[2])
+    assert torch.equal(result.snapshots[2], result.prompt.as_tensor())
     run = ckpt.load_run(tmp_path)
     assert run.config["encoder"]["method"] == "prefix" and run.prompt.shape == (3, geo.flat_width)
     rebuilt = run.encoder()

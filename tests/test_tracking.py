@@ -151,3 +151,22 @@ def test_wandb_runs_offline_under_the_run_directory(tokenizer, tmp_path, monkeyp
     cb.finish({"test_p_at_1": 0.25})
     runs = glob.glob(str(out / "wandb" / "offline-run-*"))
     assert len(runs) == 1 and glob.glob(f"{runs[0]}/*.wandb")
+
+
+def test_cli_report_to_tensorboard_writes_the_dev_curve_into_the_run(tiny_model_dir, tmp_path, one_torch_thread):
+    """`train --report-to tensorboard`: the event file in OUT/tensorboard/ holds the dev P@1 curve of history.json,
+    and the test metrics as final/*; an unknown tracker is refused before anything is written."""
+    from ptuning_lab.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--task", "capital", "--encoder", "direct", "--model", tiny_model_dir, "--device", "cpu",
+            "--max-examples", "40", "--max-steps", "4", "--eval-every", "2", "--batch-size", "4", "--quiet"]
+    assert main([*argv, "--out", str(out), "--report-to", "tensorbord"]) == 2
+    assert not out.exists()
+    assert main([*argv, "--out", str(out), "--report-to", "tensorboard"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    scalars = tracking.read_scalars(out / "tensorboard")
+    assert [s for s, _ in scalars["dev/p_at_1"]] == [e["step"] for e in history["eval"]]
+    assert np.allclose([v for _, v in scalars["dev/p_at_1"]], [e["dev_p_at_1"] for e in history["eval"]])
+    assert np.isclose(scalars["final/test_p_at_1"][-1][1], metrics["test_p_at_1"])

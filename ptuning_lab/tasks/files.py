@@ -32,8 +32,8 @@ def task_from_file(path: str | Path, seed: int = 0, template: str | None = None,
         raise TaskError(f"{path}: unknown file type {path.suffix or '(no extension)'!r}; use .jsonl (one JSON "
                         "object per line) or .csv (a header row) with columns subject,object or text,label.")
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            text = f.read()
+        from ..safe_io import read_text_file      # regular files only, size-capped: a FIFO or /dev/zero would hang
+        text = read_text_file(path, what="task file")
     except FileNotFoundError as e:
         raise TaskError(f"task file {str(path)!r} not found; check the path (or use a built-in task: "
                         f"{', '.join(task_names())}).") from e
