@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .frozen_lm import FrozenLM, right_pad
-from .templates import Template
+from .templates import Template, warn_unused_fields
 
 
 def first_token_ids(lm: FrozenLM, targets: Sequence[str]) -> torch.Tensor:
@@ -213,10 +213,11 @@ def score(lm: FrozenLM, template, examples, prompt, answers: Sequence[str] | Non
     examples = list(examples)
     if not examples:
         raise ValueError("no examples to evaluate: the split is empty. Use a larger task or other split fractions.")
+    warn_unused_fields(template, examples)
     hits, loss_sum, cand_hits = 0, 0.0, 0
     answers = list(answers) if answers is not None else None
     for chunk in _batches(examples, batch_size):
-        inputs = [ex.input for ex in chunk]
+        inputs = list(chunk)              # the examples themselves: each template slot reads its field
         gold = gold_fn([ex.target for ex in chunk])
         log_probs = logits_fn(inputs).log_softmax(-1)
         hits += int((log_probs.argmax(-1) == gold).sum())

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .frozen_lm import FrozenLM, _at_least_float32, right_pad, to_device
+from .slots import as_inputs
 from .kv_cache import has_dynamic_cache, layer_kv, make_cache, output_cache
 from .packing import PAD, SHARED, Seq, block_mask, common_prefix_length, pack_rows
 from .prompts import LayerPrompt
@@ -83,7 +84,7 @@ class FastForward:
         self.config = config or FastConfig()
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cache_bytes = 0
-        self._seq_memo: dict[str, Seq] = {}
+        self._seq_memo: dict[tuple, Seq] = {}         # slot texts -> sequence
         self._gold_memo: dict[str, int] = {}
         self._verified = not self.config.verify
         self.fallback_reason: str | None = _unsupported_reason(lm)
@@ -100,10 +101,12 @@ class FastForward:
         """The forward interface's name for :attr:`active` (see ``ptuning_lab.forward``)."""
         return self.active
 
-    def last_logits(self, inputs: Sequence[str], prompt: torch.Tensor | None,
+    def last_logits(self, inputs: Sequence, prompt: torch.Tensor | None,
                     candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, vocab)`` (or ``(B, C)``) next-token logits after the template, float32."""
-        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        """``(B, vocab)`` (or ``(B, C)``) next-token logits after the template, float32.
+
+        ``inputs`` as in ``FrozenLM.encode``: strings for ``[X]``, Examples or mappings for named slots."""
+        inputs = as_inputs(inputs)
         if not inputs:
             raise ValueError("no inputs: give at least one input text.")
         if not self.active or isinstance(prompt, LayerPrompt):      # a K/V prefix runs the model itself
@@ -116,9 +119,9 @@ class FastForward:
         h_last = self.last_hidden(inputs, prompt)
         return _at_least_float32(self.lm.head(h_last, candidates))
 
-    def last_hidden(self, inputs: Sequence[str], prompt: torch.Tensor | None) -> torch.Tensor:
+    def last_hidden(self, inputs: Sequence, prompt: torch.Tensor | None) -> torch.Tensor:
         """Final hidden state ``(B, d)`` at each example's prediction position."""
-        seqs = self._sequences(list(inputs))
+        seqs = self._sequences(as_inputs(inputs))
         self._check(seqs, prompt)
         self.stats["calls"] += 1
         self.stats["tokens_total"] += sum(s.n for s in seqs)
@@ -139,16 +142,17 @@ class FastForward:
                 raise ValueError(f"the prompt has shape {tuple(prompt.shape)} but the template needs "
                                  f"({n_needed}, {d}): one row per [P] of width d_model.")
 
-    def _sequences(self, inputs: list[str]) -> list[Seq]:
-        """Per input: its token ids (-1 at [P]) and the prompt row of each position, memoised per input."""
+    def _sequences(self, inputs: list) -> list[Seq]:
+        """Per input: its token ids (-1 at [P]) and the prompt row of each position, memoised per slot texts."""
         memo = self._seq_memo
-        missing = list(dict.fromkeys(x for x in inputs if x not in memo))
+        keys = self.lm.slot_values(self.template, inputs)
+        missing = list(dict.fromkeys(k for k in keys if k not in memo))
         if missing:
             if len(memo) + len(missing) > 200_000:
                 memo.clear()
-            for x, (ids, _) in zip(missing, self.lm.sequences(self.template, missing)):
-                memo[x] = Seq.of(ids)
-        return [memo[x] for x in inputs]
+            for k, (ids, _) in zip(missing, self.lm.sequences(self.template, missing)):
+                memo[k] = Seq.of(ids)
+        return [memo[k] for k in keys]
 
     def evaluate(self, examples, prompt: torch.Tensor | None, answers: Sequence[str] | None = None) -> dict:
         """``evaluation.evaluate`` on the fast path: ``{"n", "p_at_1", "loss"}`` (+ ``"candidate_accuracy"``).
@@ -355,7 +359,7 @@ class FastForward:
     def _verify(self, inputs, prompt) -> None:
         """Compare with the plain path on (up to) two examples; fall back if they differ."""
         self._verified = True
-        probe = list(dict.fromkeys(inputs))[:2]
+        probe = list(dict.fromkeys(self.lm.slot_values(self.template, inputs)))[:2]     # as slot-text tuples
         try:
             with torch.no_grad():
                 p = prompt.detach() if prompt is not None else None

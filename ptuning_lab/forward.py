@@ -38,9 +38,8 @@ class PlainForward:
         self.lm, self.template = lm, Template.parse(template)
         self.fallback_reason = reason
 
-    def last_logits(self, inputs: Sequence[str], prompt, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, vocab)`` (or ``(B, C)``) next-token logits after the template, float32."""
-        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    def last_logits(self, inputs: Sequence, prompt, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, vocab)`` (or ``(B, C)``) next-token logits after the template, float32 (inputs as in ``encode``)."""
         return self.lm.last_logits(self.lm.encode(self.template, inputs), prompt, candidates)
 
     def evaluate(self, examples, prompt, answers: Sequence[str] | None = None) -> dict:

@@ -1,7 +1,8 @@
 """The frozen language model, run on templates whose ``[P]`` slots hold a trained prompt.
 
 ``FrozenLM`` owns the tokenizer, the model and its embedding matrix ``(vocab, d)``. It turns a
-template and a list of inputs into a right-padded batch, splices a ``(num_virtual_tokens, d)``
+template and a list of inputs (strings for ``[X]``, or :class:`~ptuning_lab.tasks.Example` s /
+mappings name -> text for named slots) into a right-padded batch, splices a ``(num_virtual_tokens, d)``
 prompt into the input embeddings at the ``[P]`` positions (gradients flow to the prompt only),
 and computes logits only where they are needed: the prediction position, optionally restricted
 to a candidate token set. Position ids are explicit, so a padded batch gives the same
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 
 from .models import ModelLoadError, load_model
 from .prompts import LayerPrompt
+from .slots import as_inputs, slot_texts, truncate_slots
 from .templates import Template
 
 
@@ -78,6 +81,7 @@ class FrozenLM:
         self.prefix_ids: list[int] = probe_special[: len(probe_special) - len(probe_plain)] \
             if probe_special[-len(probe_plain):] == probe_plain else []
         self._text_cache: dict[str, list[int]] = {}
+        self._reported_cuts: set = set()     # (template, slot texts) already counted in a truncation warning
         # transformers 5 renamed `past_key_values` to `cache`; older releases (Colab) keep the old name
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -163,39 +167,88 @@ class FrozenLM:
             ids = self._text_cache[text] = self.tokenize(text)
         return ids
 
+    def slot_values(self, template, inputs) -> list[tuple[str, ...]]:
+        """The text of each slot of ``template`` (in ``template.slot_names`` order), per input.
+
+        An input is a string (fills ``[X]``), an :class:`~ptuning_lab.tasks.Example` (its
+        ``slot(name)``), a mapping name -> text, or a tuple of texts in slot order. A slot the data
+        lacks raises the ``TaskError`` of ``Example.slot``, which lists the fields it has.
+        """
+        template = Template.parse(template)
+        return [slot_texts(template, item) for item in as_inputs(inputs)]
+
     def sequences(self, template, inputs, suffixes=None) -> list[tuple[list[int], list[int]]]:
         """Token ids per example with -1-based virtual markers.
 
         Returns a list of ``(ids, slots)``: ``ids`` with ``-1`` at virtual positions and ``slots``
         the prompt row of each virtual position in order; the suffix (if any) is appended.
+        ``inputs`` as in :meth:`slot_values`. An example longer than ``max_positions`` (suffix
+        included) is cut by the template's policy (``Template.with_truncation``; default: the
+        longest slot, from its end, with a warning counting the examples cut).
         """
         template = Template.parse(template)
-        x_space = " " if template.x_has_space() else ""
-        xs = self.tokenizer([x_space + str(x).strip() for x in inputs], add_special_tokens=False)["input_ids"] \
-            if template.has_input else [[] for _ in inputs]
-        out = []
-        for i, x_ids in enumerate(xs):
+        values = self.slot_values(template, inputs)
+        if not values:
+            return []
+        names = template.slot_names
+        # each slot tokenized on its own (one tokenizer call per slot), with the space it moved out of the text
+        columns = [self.tokenizer([(" " if template.slot_has_space(n) else "") + v[j] for v in values],
+                                  add_special_tokens=False)["input_ids"] for j, n in enumerate(names)]
+        fixed = len(self.prefix_ids) + template.num_virtual_tokens + \
+            sum(len(self._text_ids(value)) for kind, value in template.parts if kind == "text")
+        cut_rows, out = [], []
+        for i in range(len(values)):
+            slot_ids = [col[i] for col in columns]
+            extra = len(suffixes[i]) if suffixes is not None else 0
+            excess = fixed + extra + sum(map(len, slot_ids)) - self.max_positions
+            if excess > 0:
+                slot_ids = truncate_slots(template, slot_ids, excess, fixed + extra, self.max_positions, self.name)
+                cut_rows.append(i)
             ids: list[int] = list(self.prefix_ids)
             slots: list[int] = []
+            j = 0
             for kind, value in template.parts:
                 if kind == "text":
                     ids.extend(self._text_ids(value))
                 elif kind == "x":
-                    ids.extend(x_ids)
+                    ids.extend(slot_ids[j])
+                    j += 1
                 else:
                     slots.append(len(slots))
                     ids.append(-1)
             if suffixes is not None:
                 ids.extend(suffixes[i])
             out.append((ids, slots))
+        if cut_rows:
+            self._warn_cut(template, [values[i] for i in cut_rows], len(values))
         return out
+
+    def _warn_cut(self, template: Template, cut_values: list[tuple], n: int) -> None:
+        new = [v for v in cut_values if (template.text, v) not in self._reported_cuts]
+        if not new:               # these examples were reported already (the next epoch, another batch)
+            return
+        if len(self._reported_cuts) > 100_000:
+            self._reported_cuts.clear()
+        self._reported_cuts.update((template.text, v) for v in new)
+        policy, names = template.truncate, template.slot_names
+        what = f"slot [{names[0]}]" if len(names) == 1 else "the longest slot" if policy == "longest" \
+            else f"slot [{policy}]"
+        warnings.warn(f"{len(cut_values)} of {n} inputs were longer than the {self.max_positions} positions of model "
+                      f"'{self.name}' (template {template.text!r}): cut {what} from its {template.truncate_side} "
+                      f"to fit. Template.parse(...).with_truncation(truncate, side) chooses the slot ('longest', "
+                      f"a slot name) and the side ('end', 'start'); 'error' refuses instead.",
+                      UserWarning, stacklevel=3)
 
     def encode(self, template, inputs, suffixes=None) -> Batch:
         """Right-padded batch for ``template`` filled with each of ``inputs``.
 
+        ``inputs``: strings (for ``[X]``), :class:`~ptuning_lab.tasks.Example` s or mappings
+        name -> text (for named slots ``[premise]``...), or tuples of texts in slot order.
         ``suffixes``: optional token-id lists appended after the template (answers to score).
+        Too long for ``max_positions``: the template's truncation policy applies (default: cut
+        the longest slot from its end and warn; ``template.with_truncation("error")`` refuses).
         """
-        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        inputs = as_inputs(inputs)
         if not inputs:   # checked first: the tokenizer fails on an empty list with an IndexError
             raise ValueError("no inputs to encode: give at least one input text.")
         seqs = self.sequences(template, inputs, suffixes)
@@ -269,8 +322,8 @@ class FrozenLM:
     @torch.no_grad()
     def predict_next(self, template, inputs, k: int = 5, prompt: torch.Tensor | None = None,
                      batch_size: int = 64) -> list[list[tuple[str, float]]]:
-        """Top-k next tokens (decoded text, probability) after the template, per input."""
-        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        """Top-k next tokens (decoded text, probability) after the template, per input (as in :meth:`encode`)."""
+        inputs = as_inputs(inputs)
         template = Template.parse(template)                  # once, not per batch
         results = []
         for start in range(0, len(inputs), batch_size):
@@ -300,10 +353,12 @@ class FrozenLM:
         return (token_lp * valid).sum(1)
 
     @torch.no_grad()
-    def generate(self, template, input_text: str = "", prompt: torch.Tensor | None = None,
+    def generate(self, template, input_text="", prompt: torch.Tensor | None = None,
                  max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int | None = None, seed: int | None = None, use_cache: bool = True) -> str:
         """Continue one templated input with the KV cache (greedy, or sampling).
+
+        ``input_text``: the ``[X]`` text, or one Example / mapping for named slots.
 
         ``prompt``: (n, d) for the template's [P] slots, or a :class:`ptuning_lab.prompts.LayerPrompt`
         (a K/V prefix), which starts the cache.

@@ -33,7 +33,9 @@ whose encoder then recomputes exactly our prompt -- the only way to continue tra
 first (``Template.is_prefix``) can be exported, e.g. ``"[P]*6 The capital of [X] is"``; the
 others raise :class:`PeftExportError` (never a silently different model). The text after the
 virtual tokens is the user's input to PEFT: ``" The capital of France is"`` for the template above
-(the leading space matters). ptuning_lab tokenizes the template's pieces separately; tokenizing the
+(the leading space matters). Templates with several slots export the same way (all ``[P]`` first,
+e.g. ``"[P]*4 [premise] Question: [hypothesis] Answer:"``), each slot filled with its field's text.
+ptuning_lab tokenizes the template's pieces separately; tokenizing the
 whole text at once usually gives the same ids but not always (``" U.S.'s"``), so
 :func:`peft_batch` builds PEFT's ``input_ids`` exactly as ptuning_lab does.
 
@@ -65,6 +67,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .frozen_lm import right_pad
+from .slots import as_inputs, slot_texts
 from .prompts import ALL_METHODS, INPUT_LAYER, KEY_VALUE, METHODS, peft_config_kwargs, produces
 from .templates import Template, TemplateError
 
@@ -122,19 +125,30 @@ def _prefix_template(template) -> Template:
 
 
 def peft_input_format(template) -> str:
-    """The text a PEFT user feeds after the virtual tokens, with ``[X]`` where the input goes.
+    """The text a PEFT user feeds after the virtual tokens, with ``[X]`` (or ``[premise]``...) where inputs go.
 
     ``"[P]*6 The capital of [X] is"`` -> ``" The capital of [X] is"`` (leading space included: it
-    is part of what ptuning_lab tokenizes). Raises :class:`PeftExportError` for non-prefix templates.
+    is part of what ptuning_lab tokenizes); ``"[P]*4 [premise] Question: [hypothesis]"`` ->
+    ``" [premise] Question: [hypothesis]"``. Raises :class:`PeftExportError` for non-prefix templates.
     """
     t = _prefix_template(template)
-    x = " [X]" if t.x_has_space() else "[X]"
-    return "".join(value if kind == "text" else x for kind, value in t.parts[t.num_virtual_tokens:])
+    return _fill_parts(t, [f"[{n}]" for n in t.slot_names])
 
 
-def peft_input_text(template, input_text: str) -> str:
-    """``peft_input_format`` filled with one input (stripped, as ptuning_lab does)."""
-    return peft_input_format(template).replace("[X]", str(input_text).strip())
+def peft_input_text(template, input_text) -> str:
+    """``peft_input_format`` filled with one input (stripped, as ptuning_lab does).
+
+    ``input_text``: the ``[X]`` text, or an Example / mapping name -> text for named slots.
+    """
+    t = _prefix_template(template)
+    return _fill_parts(t, slot_texts(t, input_text))
+
+
+def _fill_parts(t: Template, texts) -> str:
+    """The template's parts after its virtual tokens, each slot replaced by its text (with the slot's space)."""
+    fill = iter(texts)
+    return "".join(value if kind == "text" else (" " if t.slot_has_space(value) else "") + next(fill)
+                   for kind, value in t.parts[t.num_virtual_tokens:])
 
 
 def peft_batch(lm, template, inputs) -> dict[str, torch.Tensor]:
@@ -147,8 +161,7 @@ def peft_batch(lm, template, inputs) -> dict[str, torch.Tensor]:
     t = _prefix_template(template)
     if lm.prefix_ids:
         raise PeftExportError(_bos_message(lm))
-    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-    seqs = [[i for i in ids if i >= 0] for ids, _ in lm.sequences(t, inputs)]
+    seqs = [[i for i in ids if i >= 0] for ids, _ in lm.sequences(t, as_inputs(inputs))]
     input_ids, mask = right_pad(seqs, lm.pad_id)
     logit_index = t.num_virtual_tokens + mask.sum(1) - 1
     return {"input_ids": input_ids.to(lm.device), "attention_mask": mask.to(lm.device),
@@ -355,6 +368,8 @@ def _write_export(out_dir, overwrite: bool, peft_config, prompt, extra_tensors: 
 def _export_info(run, template: Template, kind: str, reasons: list[str], base, n: int, d: int,
                  has_encoder: bool) -> dict:
     fmt = peft_input_format(template)
+    # how a user fills the slots: [X] with an example word, named slots with a variable of that name
+    fills = [(f"[{n}]", "'France'" if n == "X" else n.upper()) for n in template.slot_names]
     method = run.config["encoder"]["method"]
     if kind == "P_TUNING":
         why = f"PEFT's P-tuning encoder is exactly this {method} encoder (same layers and parameter names)."
@@ -389,14 +404,15 @@ def _export_info(run, template: Template, kind: str, reasons: list[str], base, n
         "peft_type": kind,
         "why_this_peft_type": why,
         "input_text_format": fmt,
-        "example_input_text": fmt.replace("[X]", "France"),
+        "example_input_text": peft_input_text(template, {n: "France" if n == "X" else f"<{n}>"
+                                                          for n in template.slot_names}),
         "how_to_use": [
             "from peft import PeftModel",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             f"model = AutoModelForCausalLM.from_pretrained({base!r})",
             f"tokenizer = AutoTokenizer.from_pretrained({base!r})",
             "peft_model = PeftModel.from_pretrained(model, EXPORT_DIR)",
-            f"text = {fmt!r}.replace('[X]', 'France')   # keep the leading space",
+            f"text = {fmt!r}" + "".join(f".replace({m!r}, {v})" for m, v in fills) + "   # keep the leading space",
             "ids = tokenizer(text, add_special_tokens=False, return_tensors='pt')",
             "next_token_logits = peft_model(**ids).logits[:, -1]",
         ],

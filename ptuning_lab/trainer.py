@@ -29,7 +29,7 @@ from .forward import make_forward
 from .frozen_lm import to_device
 from .manifold import waywardness_penalty
 from .prompts import initial_prompt
-from .templates import Template
+from .templates import Template, warn_unused_fields
 
 
 # Peak learning rate per encoder method when TrainConfig.lr is None. Measured on SmolLM2-135M,
@@ -166,6 +166,7 @@ class Trainer:
         if not task.train or not task.dev:
             raise ValueError(f"task '{task.name}' has an empty train or dev split "
                              f"({len(task.train)} train, {len(task.dev)} dev); use a larger task.")
+        warn_unused_fields(self.template, task.examples, task.name)
         self.config = config or TrainConfig()
         if fast is not None and not self.config.fast:
             raise ValueError("fast=FastConfig(...) was given but TrainConfig(fast=False) asks for the plain path; "
@@ -217,7 +218,7 @@ class Trainer:
         # would make the host wait for the whole forward before it could queue the backward
         gold = to_device(torch.tensor([self.gold[ex.target] for ex in examples]), self.lm.device)
         prompt = self.encoder()
-        logits = self.forward.last_logits([ex.input for ex in examples], prompt)
+        logits = self.forward.last_logits(list(examples), prompt)       # each slot reads its field
         loss = F.cross_entropy(logits, gold)
         if self.wayward_target is not None:
             loss = loss + self.config.waywardness_gamma * waywardness_penalty(prompt, self.wayward_target)

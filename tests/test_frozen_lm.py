@@ -35,7 +35,9 @@ def make_prompt(lm, template, seed=0, requires_grad=False):
 
 
 def reference_embeds(lm, template, x, prompt=None, suffix=()):
-    """Input embeddings (1, T, d) of one unpadded example, built from the template's parts by hand."""
+    """Input embeddings (1, T, d) of one unpadded example, built from the template's parts by hand.
+
+    ``x``: the [X] text, or a dict slot name -> text for named slots."""
     t = Template.parse(template)
     table = lm.embedding
     rows, k = [table[i] for i in lm.prefix_ids], 0
@@ -43,7 +45,8 @@ def reference_embeds(lm, template, x, prompt=None, suffix=()):
         if kind == "text":
             rows += [table[i] for i in lm.tokenize(value)]
         elif kind == "x":
-            rows += [table[i] for i in lm.tokenize((" " if t.x_has_space() else "") + x.strip())]
+            text = x if isinstance(x, str) else x[value]
+            rows += [table[i] for i in lm.tokenize((" " if t.slot_has_space(value) else "") + text.strip())]
         else:
             rows.append(prompt[k].to(table.dtype))
             k += 1
@@ -215,12 +218,77 @@ def test_sampling_with_a_seed_is_reproducible(lm64):
     assert sample(3, top_k=1) == lm64.generate(template, "France", prompt=prompt, max_new_tokens=8)
 
 
+# ---------------------------------------------------------------- several named slots
+# two-slot layouts: virtual tokens after both slots, before and between them, and none
+SLOT_TEMPLATES = ["[premise] Question: [hypothesis] True, False or Neither? [P]*3",
+                  "[P]*2 [passage] Question: [question]? [P]*2 Answer:",
+                  "Premise:\n[premise] [P] Hypothesis: [hypothesis] [P]*2"]
+
+
+def slot_inputs(template, n=4):
+    """``n`` dicts filling the template's slots, with very different lengths per slot."""
+    texts = [SHORT, LONG, "France", LONG + " " + LONG, "the river Thames"]
+    names = Template.parse(template).slot_names
+    return [{name: texts[(i + 2 * j) % len(texts)] for j, name in enumerate(names)} for i in range(n)]
+
+
+@pytest.mark.parametrize("template", SLOT_TEMPLATES)
+def test_two_slots_padded_batch_equals_plain_hf_forward_alone(lm64, template):
+    from ptuning_lab.tasks import Example
+
+    inputs = slot_inputs(template)
+    prompt = make_prompt(lm64, template, seed=2)
+    with torch.no_grad():
+        batch = lm64.encode(template, inputs)
+        together = lm64.last_logits(batch, prompt)
+        for i, x in enumerate(inputs):
+            ref = plain_logits(lm64, reference_embeds(lm64, template, x, prompt))[-1]
+            torch.testing.assert_close(together[i], ref, atol=1e-6, rtol=0)
+        # Examples, dicts and tuples in slot order fill the same slots
+        names = Template.parse(template).slot_names
+        as_examples = [Example(fields=x) for x in inputs]
+        as_tuples = [tuple(x[n] for n in names) for x in inputs]
+        for other in (as_examples, as_tuples):
+            b = lm64.encode(template, other)
+            assert torch.equal(b.input_ids, batch.input_ids) and torch.equal(b.virtual_mask, batch.virtual_mask)
+        assert lm64.predict_next(template, as_examples[0], k=3, prompt=prompt) == \
+            lm64.predict_next(template, [inputs[0]], k=3, prompt=prompt)
+
+
+def test_two_slots_continuation_logprob_equals_hand_computed_sum(lm64):
+    template = SLOT_TEMPLATES[1]
+    inputs = slot_inputs(template, 3)
+    prompt = make_prompt(lm64, template, seed=3)
+    conts = [lm64.tokenize(" Paris"), lm64.tokenize(" the United Kingdom"), lm64.tokenize(" a")]
+    with torch.no_grad():
+        got = lm64.continuation_logprob(template, inputs, conts, prompt)
+        for i, (x, c) in enumerate(zip(inputs, conts)):
+            logp = plain_logits(lm64, reference_embeds(lm64, template, x, prompt, c)).log_softmax(-1)
+            T = logp.shape[0]
+            ref = sum(float(logp[T - len(c) - 1 + j, tok]) for j, tok in enumerate(c))
+            assert abs(float(got[i]) - ref) < 1e-6
+
+
+def test_x_inputs_as_strings_examples_and_dicts_agree(lm64):
+    from ptuning_lab.tasks import Example
+
+    template = "The capital of [P] [X] [P]*2 is"
+    ref = lm64.encode(template, ["France", " Peru "]).input_ids
+    for inputs in ([Example("France", "Paris"), Example("Peru")], [{"X": "France"}, {"input": "Peru"}],
+                   [("France",), ("Peru",)]):
+        assert torch.equal(lm64.encode(template, inputs).input_ids, ref)
+
+
 # ---------------------------------------------------------------- errors (tiny model, fast)
 def test_encode_errors_are_clear(lm64):
     with pytest.raises(ValueError, match="no inputs to encode"):
         lm64.encode("[X] is", [])
-    with pytest.raises(ValueError, match=rf"is \d+ tokens long but the model .* accepts {lm64.max_positions}"):
-        lm64.encode("[X] is", [" ".join(["word"] * (lm64.max_positions + 1))])
+    too_long = [" ".join(["word"] * (lm64.max_positions + 1))]
+    with pytest.raises(ValueError, match=rf"is \d+ tokens long but the model .* accepts {lm64.max_positions}.*"
+                                         r"with_truncation\('longest'\)"):
+        lm64.encode(Template.parse("[X] is").with_truncation("error"), too_long)
+    with pytest.warns(UserWarning, match=r"1 of 1 inputs were longer .* cut slot \[X\] from its end"):
+        assert lm64.encode("[X] is", too_long).input_ids.shape[1] == lm64.max_positions     # the default: cut
     batch = lm64.encode("[P]*2 [X] is", ["France"])
     with pytest.raises(ValueError, match=r"has \[P\] slots but no prompt was given: pass prompt="):
         lm64.last_logits(batch)
@@ -284,7 +352,7 @@ def test_embedded_encode_errors(embedded_lm):
                                          rf"\(3, {lm.hidden_size}\)"):
         lm.predict_next("[P]*3 The capital of [X] is", ["France"], prompt=torch.zeros(2, lm.hidden_size))
     with pytest.raises(ValueError, match=rf"accepts {lm.max_positions}; shorten the input"):
-        lm.encode("[X]", ["a " * (lm.max_positions + 10)])
+        lm.encode(Template.parse("[X]").with_truncation("error"), ["a " * (lm.max_positions + 10)])
 
 
 @pytest.mark.slow

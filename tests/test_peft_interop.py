@@ -225,6 +225,47 @@ def test_input_text_format(lm):
     assert peft_input_text("[P]*6 The capital of [X] is", " France ") == " The capital of France is"
     assert peft_input_format("[P]*2 ([X])") == " ([X])"
     assert peft_input_format("[P]*2\n[X] =>") == "\n[X] =>"
+    two = "[P]*4 [premise] Question: [hypothesis] Answer:"
+    assert peft_input_format(two) == " [premise] Question: [hypothesis] Answer:"
+    filled = " A man sleeps. Question: Nobody sleeps. Answer:"
+    assert peft_input_text(two, {"premise": "A man sleeps. ", "hypothesis": "Nobody sleeps."}) == filled
+    assert peft_input_text(two, Example(fields={"premise": "A man sleeps.", "hypothesis": "Nobody sleeps."})) == filled
+    with pytest.raises(PeftExportError, match="cannot be exported"):
+        peft_input_format("[premise] [P]*2 [hypothesis]")          # a [P] after a slot: no PEFT form
+
+
+# two named slots in PEFT's layout (all [P] first), with and without text between them
+PAIR_TEMPLATES = ["[P]*4 [premise] Question: [hypothesis] Answer:", "[P]*4\n[premise]\n[hypothesis] =>"]
+PAIRS = [{"premise": "France", "hypothesis": "the United Kingdom"}, {"premise": "Peru", "hypothesis": "Chad"},
+         {"premise": "a country of four nations", "hypothesis": "Japan"}]
+
+
+@pytest.mark.parametrize("template", PAIR_TEMPLATES)
+@torch.no_grad()
+def test_two_slot_prefix_export_gives_our_logits_in_peft(template, lm, tmp_path):
+    pairs = _toy_task().examples
+    exs = [Example(target=b.target, fields={"premise": a.input, "hypothesis": b.input})
+           for a, b in zip(pairs, pairs[1:] + pairs[:1])]
+    task = Task("toy-pairs", "[premise] [hypothesis]", exs[:6], exs[6:8], exs[8:], sorted({e.target for e in exs}))
+    enc = build_encoder("mlp", 4, lm.embedding.detach(), init="vocab", seed=1,
+                        config={"num_layers": 3, "residual": False, "encoder_hidden_size": 16})
+    with torch.enable_grad():
+        Trainer(lm, enc, task, template, TrainConfig(max_steps=3, eval_every=3, batch_size=4, lr=0.05,
+                                                     warmup_ratio=0.0), out_dir=tmp_path / "run", progress=False).fit()
+    run = ckpt.load_run(tmp_path / "run")
+    out = export_peft(run, tmp_path / "adapter", lm=lm)
+    info = json.loads((out / INFO_FILE).read_text())
+    assert info["peft_type"] == "P_TUNING" and info["input_text_format"] == peft_input_format(template)
+    assert ".replace('[premise]', PREMISE).replace('[hypothesis]', HYPOTHESIS)" in "\n".join(info["how_to_use"])
+    assert info["example_input_text"] == peft_input_text(template, {"premise": "<premise>", "hypothesis": "<hypothesis>"})
+    peft_model = _peft_model(lm.model, out)
+    ours = lm.last_logits(lm.encode(template, PAIRS), run.prompt)
+    theirs = _peft_logits(peft_model, peft_batch(lm, template, PAIRS))          # right-padded batch
+    singles = torch.cat([_peft_logits(peft_model, peft_batch(lm, template, [x])) for x in PAIRS])
+    assert (ours - theirs).abs().max() < ATOL and (ours - singles).abs().max() < ATOL
+    assert (ours[0] - ours[1]).abs().max() > 1e-3                               # the slots do reach the model
+    for x in PAIRS:       # on these inputs the whole PEFT text tokenizes to ptuning_lab's ids
+        assert lm.tokenize(peft_input_text(template, x)) == peft_batch(lm, template, [x])["input_ids"][0].tolist()
 
 
 def test_peft_batch_is_ptuning_labs_tokenization(lm):

@@ -25,7 +25,22 @@ TEMPLATES = [
     "The capital of [X] is [P]*4",            # suffix: everything before [P] is cached per input
     "[P]*4 The capital of [X] is",            # PEFT's layout: a long shared head
     "The capital of [X] [P]*2 is [P]",        # [P]s in the middle, text between them
+    # two named slots (filled from dicts, see _inputs)
+    "[premise] Question: [hypothesis] True, False or Neither? [P]*3",   # both slots in the cached prefix
+    "[P]*2 [passage] Question: [question]? [P]*2 Answer:",              # shared head, [P]s between slots
+    "Premise: [premise] [P] Hypothesis: [hypothesis] [P]*2",            # constant text, then a slot, then [P]
 ]
+# two-slot inputs: different lengths, a duplicate, two sharing their first slot
+PAIRS = [(INPUTS[i], INPUTS[(i + 3) % len(INPUTS)]) for i in range(len(INPUTS))] + [(INPUTS[0], INPUTS[3]),
+                                                                                    (INPUTS[0], "Chad")]
+
+
+def _inputs(template):
+    """INPUTS for an [X] template; dicts slot name -> text (from PAIRS) for a template with named slots."""
+    names = Template.parse(template).slot_names
+    if names == ("X",):
+        return INPUTS
+    return [dict(zip(names, pair)) for pair in PAIRS]
 CONFIGS = {
     "all": FastConfig(),
     "no-cache": FastConfig(cache_prefix=False),   # then the shared head starts at position 0
@@ -70,12 +85,13 @@ def _plain(lm, template, inputs, prompt, candidates=None):
 @pytest.mark.parametrize("template", TEMPLATES)
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_logits_and_gradients_equal_the_plain_path(lm64, template, config):
+    inputs = _inputs(template)
     prompt = _prompt(lm64, template)
-    ref = _plain(lm64, template, INPUTS, prompt)
+    ref = _plain(lm64, template, inputs, prompt)
     (g_ref,) = torch.autograd.grad(_objective(ref), prompt)
     fast = FastForward(lm64, template, CONFIGS[config])
     for _ in range(2):          # the second call reads the prefix cache
-        got = fast.last_logits(INPUTS, prompt)
+        got = fast.last_logits(inputs, prompt)
         (g_got,) = torch.autograd.grad(_objective(got), prompt)
         assert got.dtype == torch.float64 and got.shape == ref.shape
         _close(got, ref)
@@ -153,9 +169,10 @@ def test_prefix_cache_is_kept_apart_from_autocast(tokenizer):
     assert {k[0] for k in fast._cache} == {False, True}
 
 
-def test_trainer_fast_and_plain_agree(lm64):
-    task = _toy_task()
-    tpl = "[P]*2 Direction of [X] is [P]"
+@pytest.mark.parametrize("task_name", ["x", "two-slots"])
+def test_trainer_fast_and_plain_agree(lm64, task_name):
+    task, tpl = (_toy_task(), "[P]*2 Direction of [X] is [P]") if task_name == "x" else \
+        (_toy_pair_task(), "[P]*2 From [start] to [end] [P] is")
     runs = {}
     # the default fast path, the fast path with settings passed through Trainer(fast=...), the plain path
     for name, fast, settings in (("fast", True, None), ("rows-of-8", True, FastConfig(pack_tokens=8)),
@@ -205,9 +222,10 @@ def test_make_forward_one_interface(lm64):
     assert isinstance(kv, PlainForward) and "runs the model itself" in kv.fallback_reason
 
 
-def test_fast_evaluate_equals_evaluate(lm64):
-    task = _toy_task()
-    tpl = "[P]*2 Direction of [X] is [P]"
+@pytest.mark.parametrize("task_name", ["x", "two-slots"])
+def test_fast_evaluate_equals_evaluate(lm64, task_name):
+    task, tpl = (_toy_task(), "[P]*2 Direction of [X] is [P]") if task_name == "x" else \
+        (_toy_pair_task(), "From [start] [P]*2 to [end] [P] is")
     prompt = _prompt(lm64, tpl).detach()
     for size in (256, 5):                        # one batch, and several
         fast = FastForward(lm64, tpl, FastConfig(eval_batch_size=size))
@@ -306,6 +324,31 @@ def _toy_task():
     answers = ["north", "south", "east", "west"]
     exs = [Example(f"{w} {i}", answers[i % 4]) for i, w in enumerate(words * 2)]
     return Task("toy", "Direction of [X] is", exs[:12], exs[12:18], exs[18:], sorted(answers))
+
+
+def _toy_pair_task(extra_field=None):
+    """_toy_task with two named slots: fields 'start' and 'end' (and an unused ``extra_field`` if given)."""
+    task = _toy_task()
+    words = ["moon", "sea", "hill", "a long and winding road"]
+
+    def pair(i, ex):
+        fields = {"start": ex.input, "end": words[i % 4]} | ({extra_field: str(i)} if extra_field else {})
+        return Example(target=ex.target, fields=fields)
+
+    exs = [pair(i, ex) for i, ex in enumerate(task.examples)]
+    return Task("toy-pairs", "From [start] to [end] is", exs[:12], exs[12:18], exs[18:], task.answers)
+
+
+def test_trainer_warns_once_about_a_field_no_slot_uses(lm64):
+    # warned once per template and set of unused fields in a session: a field name of this test's own
+    task = _toy_pair_task(extra_field=f"idx_{lm64.name.replace('-', '_')}")
+    enc = build_encoder("direct", 3, lm64.embedding.detach(), init="vocab", seed=0).double()
+    with pytest.warns(UserWarning) as record:
+        trainer = Trainer(lm64, enc, task, "[P]*2 From [start] to [end] [P] is",
+                          TrainConfig(max_steps=2, eval_every=1, batch_size=4), progress=False)
+        trainer.fit()                                    # two evaluations: no second warning
+    unused = [str(w.message) for w in record if "does not use" in str(w.message)]
+    assert len(unused) == 1 and "task 'toy-pairs'" in unused[0] and "['idx_tiny_" in unused[0]
 
 
 def test_frozen_model_never_runs_dropout(tokenizer):

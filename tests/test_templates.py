@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_parse_capital_template():
     t = Template.parse("The capital of [X] is [P][P]")
     # the space before [X] moves into the input, the one before [P] is dropped
-    assert t.parts == (("text", "The capital of"), ("x", ""), ("text", " is"), ("p", ""), ("p", ""))
+    assert t.parts == (("text", "The capital of"), ("x", "X"), ("text", " is"), ("p", ""), ("p", ""))
     assert t.num_virtual_tokens == 2
     assert t.has_input
     assert t.x_has_space()
@@ -33,21 +33,39 @@ def test_repeat_count_expands_to_that_many_slots():
 
 def test_whitespace_rules():
     # text after a marker keeps its leading space (" is" is the BPE token the model expects)
-    assert Template.parse("[X] [P] is").parts == (("x", ""), ("p", ""), ("text", " is"))
+    assert Template.parse("[X] [P] is").parts == (("x", "X"), ("p", ""), ("text", " is"))
     # no space before [X] -> the input is tokenized without one
     t = Template.parse("([X]) [P]")
     assert not t.x_has_space()
-    assert t.parts == (("text", "("), ("x", ""), ("text", ")"), ("p", ""))
+    assert t.parts == (("text", "("), ("x", "X"), ("text", ")"), ("p", ""))
     # whitespace of any kind before a [P] is dropped: virtual tokens carry no spaces
     assert Template.parse("a\n\t [P]").parts == (("text", "a"), ("p", ""))
     # a newline before [X] is text, not a space of the input
     t = Template.parse("Review:\n[X]\nSentiment: [P]")
     assert not t.x_has_space()
-    assert t.parts == (("text", "Review:\n"), ("x", ""), ("text", "\nSentiment:"), ("p", ""))
+    assert t.parts == (("text", "Review:\n"), ("x", "X"), ("text", "\nSentiment:"), ("p", ""))
     t = Template.parse("Q:\n [X]")
-    assert t.x_has_space() and t.parts == (("text", "Q:\n"), ("x", ""))
+    assert t.x_has_space() and t.parts == (("text", "Q:\n"), ("x", "X"))
     # a repeat count is only what follows "*" directly; punctuation after it is text
     assert Template.parse("[X] is [P]*2.").parts[-1] == ("text", ".")
+
+
+def test_named_slots():
+    t = Template.parse("[premise] Question: [hypothesis] True, False or Neither? [P]*3")
+    assert t.slot_names == ("premise", "hypothesis") and t.has_input and t.num_virtual_tokens == 3
+    # the space before [hypothesis] moves into its text, as for [X]; a newline stays in the text
+    assert t.parts[:3] == (("x", "premise"), ("text", " Question:"), ("x", "hypothesis"))
+    assert not t.slot_has_space("premise") and t.slot_has_space("hypothesis")
+    t = Template.parse("[P]*2 [passage] Question: [question]? [P]*2 Answer:")
+    assert [k if k != "x" else v for k, v in t.parts] == ["p", "p", "passage", "text", "question", "text", "p",
+                                                          "p", "text"]
+    assert t.is_prefix is False and t.slot_has_space("passage") and t.slot_has_space("question")
+    assert Template.parse("[P]*4 [premise] Q: [hypothesis]").is_prefix
+    t = Template.parse("Premise:\n[premise] [P]\nHypothesis: [choice_1] [X]")
+    assert t.slot_names == ("premise", "choice_1", "X") and not t.slot_has_space("premise")
+    assert t.parts[0] == ("text", "Premise:\n")
+    assert Template.parse("[premise] [P] [hypothesis]").manual_text() == "[premise] [hypothesis]"
+    assert Template.parse("[X] is [P]").slot_names == ("X",) and Template.parse("[P] hi").slot_names == ()
 
 
 @pytest.mark.parametrize("text, prefix", [
@@ -84,8 +102,12 @@ def test_parse_is_idempotent_and_validate_returns_self():
 @pytest.mark.parametrize("text, needles", [
     ("", ["empty", "[X]", "[P]"]),
     ("   \n", ["empty"]),
-    ("The [Y] of [X]", ["unknown marker '[Y]'", "Only [X]", "[P]"]),
-    ("[x] is [P]", ["unknown marker '[x]'"]),
+    ("The [Y] of [X]", ["unknown marker '[Y]'", "Only [X]", "[P]", "named slots", "[premise]"]),
+    ("[x] is [P]", ["unknown marker '[x]'", "did you mean [X]?"]),      # one letter: a typo, not a slot
+    ("[p] [X]", ["unknown marker '[p]'", "did you mean [P]?"]),
+    ("[Premise] [P]", ["unknown marker '[Premise]'", "lower-case"]),
+    ("[premise] and [premise] [P]", ["slot [premise] more than once", "may appear once"]),
+    ("[premise]*2 [P]", ["'[premise]*2'", "cannot be repeated"]),
     ("[] [X]", ["unknown marker '[]'"]),
     ("[X] and [X] [P]", ["more than one [X]", "exactly one"]),
     ("[X]*2 [P]", ["cannot be repeated"]),
@@ -133,8 +155,9 @@ def test_template_error_is_a_value_error():
 
 
 def test_validate_without_input():
-    with pytest.raises(TemplateError, match=r"has no \[X\]: add \[X\] where the input goes"):
+    with pytest.raises(TemplateError, match=r"has no \[X\]: add \[X\] where the input goes.*named slots"):
         Template.parse("[P]*3 hello").validate(need_virtual=True)
+    assert Template.parse("[premise] [P]").validate(need_virtual=True)       # a named slot is an input
 
 
 def test_validate_without_virtual_token():
