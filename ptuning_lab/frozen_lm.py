@@ -363,46 +363,10 @@ class FrozenLM:
         ``prompt``: (n, d) for the template's [P] slots, or a :class:`ptuning_lab.prompts.LayerPrompt`
         (a K/V prefix), which starts the cache.
         """
-        batch = self.encode(template, [input_text])
-        if self.model.training:                 # the frozen model never uses dropout
-            self.model.eval()
-        # a K/V prefix (prefix tuning) starts every cache and shifts the positions by its length
-        prefix = prompt if isinstance(prompt, LayerPrompt) else None
-        if prefix is not None:
-            prefix.check_batch(batch)
-        embeds = self.embed(batch, None if prefix is not None else prompt)
-        offset = prefix.num_virtual_tokens if prefix is not None else 0
-        gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
-        new_ids: list[int] = []
-        past = prefix.cache(self) if prefix is not None else None
-        step_embeds = embeds
-        for step in range(max_new_tokens):
-            T = embeds.shape[1] + step if use_cache else step_embeds.shape[1]
-            if use_cache:
-                pos = torch.arange(T - step_embeds.shape[1], T, device=embeds.device).unsqueeze(0) + offset
-                out = self.model(inputs_embeds=step_embeds, position_ids=pos, use_cache=True,
-                                 logits_to_keep=1, **{self._cache_arg: past})
-                past = getattr(out, self._cache_arg, None) or out.past_key_values
-            else:
-                pos = torch.arange(T, device=embeds.device).unsqueeze(0) + offset
-                fresh = {self._cache_arg: prefix.cache(self)} if prefix is not None else {}
-                out = self.model(inputs_embeds=step_embeds, position_ids=pos, use_cache=False, logits_to_keep=1,
-                                 **fresh)
-            logits = out.logits[0, -1].float()
-            if do_sample:
-                logits = logits / max(temperature, 1e-5)
-                if top_k:
-                    kth = logits.topk(top_k).values[-1]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=gen))
-            else:
-                next_id = int(logits.argmax())
-            new_ids.append(next_id)
-            if next_id == self.tokenizer.eos_token_id:
-                break
-            tok_embed = self.model.get_input_embeddings()(torch.tensor([[next_id]], device=embeds.device))
-            step_embeds = tok_embed if use_cache else torch.cat([step_embeds, tok_embed], dim=1)
-        return self.tokenizer.decode(new_ids)
+        from .generation import generate
+
+        return generate(self, template, input_text, prompt, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                        temperature=temperature, top_k=top_k, seed=seed, use_cache=use_cache)
 
 
 class ModelArgumentError(ModelLoadError, ValueError):
