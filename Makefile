@@ -35,6 +35,7 @@ lab: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/vs_peft.py --device cpu
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/candidate_scoring.py
 
 figures: setup browser
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/make_figures.py --out docs

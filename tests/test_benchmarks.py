@@ -62,3 +62,13 @@ def test_probe_suite_table_shows_the_comparison_it_wrote(tiny_model_dir, tmp_pat
     assert f"| manual | {summary['manual']['test_p_at_1']:.2f} |" in table
     assert (f"| direct | {summary['direct']['test_p_at_1']:.2f} ± {summary['direct']['test_p_at_1_std']:.2f} |"
             in table) and summary["direct"]["seeds"] == 2
+
+
+def test_candidate_scoring_agrees_with_the_plain_loop_and_prints_the_ratio(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import candidate_scoring
+
+    assert candidate_scoring.main(["--model", "gpt2-tiny", "--examples", "2", "--train-steps", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("same choice for every input: True")
+    assert lines[-1].startswith("RATIO candidate scoring plain / ours ")
