@@ -129,14 +129,14 @@ def test_max_examples_caps_deterministically():
 def test_polarity_is_balanced_with_default_verbalizer():
     task = load_task("polarity")
     assert task.kind == "classification"
-    assert task.verbalizer == {"positive": "good", "negative": "bad"}
+    assert task.verbalizer == {"positive": ("good",), "negative": ("bad",)}
     assert task.answers == ["bad", "good"]
     counts = Counter(ex.label for ex in task.examples)
     assert counts["positive"] == counts["negative"] >= 800
     for part in (task.train, task.dev, task.test):  # stratified
         c = Counter(ex.label for ex in part)
         assert abs(c["positive"] - c["negative"]) <= 1
-    assert all(ex.target == task.verbalizer[ex.label] for ex in task.examples)
+    assert all(ex.target == task.verbalizer[ex.label][0] for ex in task.examples)
     words = {ex.input: ex.label for ex in task.examples}
     assert words["adore"] == "positive" and words["vile"] == "negative"
     assert all(w.isalpha() and w.islower() for w in words)
@@ -161,7 +161,7 @@ def test_polarity_leaves_out_offensive_words_unless_asked():
 
 def test_polarity_custom_verbalizer_threshold_and_cap():
     task = load_task("polarity", verbalizer={"positive": " great", "negative": "terrible"}, max_examples=101)
-    assert task.verbalizer == {"positive": "great", "negative": "terrible"}
+    assert task.verbalizer == {"positive": ("great",), "negative": ("terrible",)}
     assert task.answers == ["great", "terrible"]
     counts = Counter(ex.label for ex in task.examples)
     assert sum(counts.values()) == 101 and abs(counts["positive"] - counts["negative"]) <= 1
@@ -224,7 +224,7 @@ def test_jsonl_comment_template_and_argument_wins(tmp_path):
     path = write(tmp_path, "cls.jsonl", "\n".join(lines))
     task = load_task(path)
     assert task.template == "The word [X] is"
-    assert task.kind == "classification" and task.verbalizer == {"neg": "neg", "pos": "pos"}
+    assert task.kind == "classification" and task.verbalizer == {"neg": ("neg",), "pos": ("pos",)}
     assert all(ex.target == ex.label for ex in task.examples)
     assert load_task(path, template="[X] means").template == "[X] means"
 
@@ -234,7 +234,7 @@ def test_classification_file_verbalizer_and_stratification(tmp_path):
     path = write(tmp_path, "sst.csv", "text,label\n" + "\n".join(rows))
     task = load_task(path, template="[X] It was", verbalizer={"positive": "great", "negative": "awful",
                                                               "neutral": "okay"})
-    assert task.verbalizer == {"negative": "awful", "positive": "great"}  # only labels present
+    assert task.verbalizer == {"negative": ("awful",), "positive": ("great",)}  # only labels present
     assert task.answers == ["awful", "great"]
     for part, n in zip((task.train, task.dev, task.test), (24, 8, 8)):
         assert len(part) == n

@@ -72,7 +72,7 @@ def task_from_file(path: str | Path, seed: int = 0, template: str | None = None,
         labels = sorted({y for _, _, y in rows})
         verb = _check_verbalizer(verbalizer if verbalizer is not None else {l: l for l in labels}, labels)
         verb = {label: verb[label] for label in labels}
-        examples = [Example(x, verb[y], y) for _, x, y in rows]
+        examples = [Example(x, verb[y][0], y) for _, x, y in rows]
     return _make_task(path.stem, template, examples, kind, verb, seed, split, max_examples)
 
 
