@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from .evaluation import first_token_ids
+from .answer_loss import check_answer_loss, full_answer_loss, label_loss
+from .evaluation import LabelScoring, first_token_ids, warn_shared_first_tokens
 from .fast import FastConfig, FastForward
 from .forward import make_forward
 from .frozen_lm import to_device
@@ -35,6 +36,11 @@ from .templates import Template
 # two seeds (loss back above 10 after step 10); at 1e-3 both seeds trained (test P@1 0.59, 0.53).
 DEFAULT_LR = {"lstm": 1e-3}
 FALLBACK_LR = 3e-3
+
+
+# What the training loss reads of the answer (TrainConfig.answer_loss). 'first' stays the default:
+# measured on SmolLM2-135M (docs/answer_loss.md), ... TODO
+ANSWER_LOSSES = ("first", "full", "labels")
 
 
 def default_lr(method: str) -> float:
@@ -59,6 +65,7 @@ class TrainConfig:
     waywardness_gamma: float = field(default=0.0, metadata={"help": "Weight of the waywardness regulariser (mean squared L2 to the target text's embeddings)."})
     waywardness_target: str | None = field(default=None, metadata={"help": "Text whose embeddings the prompt is pulled towards."})
     fast: bool = field(default=True, metadata={"help": "Use the exact fast path (ptuning_lab.fast: cached prefixes, shared head, packed rows; its settings: Trainer(fast=FastConfig(...))); False = the plain reference path."})
+    answer_loss: str = field(default="first", metadata={"help": "'first': cross-entropy of the answer's first token (LAMA); 'full': negative log-likelihood of every answer token (summed per answer); 'labels' (classification, multiple choice): cross-entropy over the label or choice scores, as PET. See ANSWER_LOSSES."})
 
     def __post_init__(self):
         checks = {"lr": FALLBACK_LR if self.lr is None else self.lr, "batch_size": self.batch_size, "num_epochs": self.num_epochs,
@@ -75,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio}).")
         if self.waywardness_gamma < 0:
             raise ValueError(f"waywardness_gamma must be >= 0 (got {self.waywardness_gamma}).")
+        if self.answer_loss not in ANSWER_LOSSES:
+            raise ValueError(f"answer_loss={self.answer_loss!r}: use one of {', '.join(ANSWER_LOSSES)}.")
         if self.waywardness_gamma > 0 and not self.waywardness_target:
             raise ValueError("waywardness_gamma > 0 needs waywardness_target: the text the prompt should stay close to.")
 
@@ -108,11 +117,13 @@ class Trainer:
 
     ``fast``: the fast path's settings (:class:`ptuning_lab.fast.FastConfig`), used when
     ``config.fast`` is on (the default); ``self.forward`` is the path every step and evaluation runs.
+    ``scoring``: how label words are scored (:class:`ptuning_lab.evaluation.LabelScoring`) in the
+    dev metrics and in ``answer_loss="labels"``.
     """
 
     def __init__(self, lm, encoder, task, template: "str | Template", config: TrainConfig | None = None,
                  callbacks=(), out_dir=None, run_config: dict | None = None, progress: bool = True,
-                 fast: FastConfig | None = None):
+                 fast: FastConfig | None = None, scoring: LabelScoring | None = None):
         self.lm, self.encoder, self.task = lm, encoder.to(lm.device), task
         # input-layer encoders fill the template's [P] slots; others (e.g. K/V prefixes) need none
         slots = encoder.uses_template_slots
@@ -151,6 +162,11 @@ class Trainer:
         warmup = int(self.config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _linear_warmup(s, warmup, self.total_steps))
         self.gold = dict(zip([ex.target for ex in task.train], first_token_ids(lm, [ex.target for ex in task.train]).tolist()))
+        self._answer_memo: dict[str, list[int]] = {}
+        self.scoring = scoring or LabelScoring()
+        check_answer_loss(self.config.answer_loss, task)
+        if task.verbalizer:
+            warn_shared_first_tokens(lm, task.verbalizer)
         self.wayward_target = self._wayward_target()
         # the fast path: same logits as the plain path, less of the frozen model's work
         self.forward = make_forward(lm, self.template, fast if fast is not None else self.config.fast,
@@ -173,16 +189,34 @@ class Trainer:
         return [self.task.train[j] for j in order[i * bs:(i + 1) * bs]]
 
     def loss(self, examples) -> torch.Tensor:
-        """Mean cross-entropy of each answer's first token over the whole vocabulary (+ waywardness)."""
-        # the answers go to the device first, without blocking: a blocking copy after the forward
-        # would make the host wait for the whole forward before it could queue the backward
-        gold = to_device(torch.tensor([self.gold[ex.target] for ex in examples]), self.lm.device)
+        """The answer loss of ``config.answer_loss`` averaged over ``examples`` (+ waywardness).
+
+        'first': cross-entropy of each answer's first token over the whole vocabulary; 'full': the
+        negative log-likelihood of all the answer's tokens (teacher forcing), summed per answer;
+        'labels': cross-entropy over the label (or choice) scores (:mod:`ptuning_lab.answer_loss`).
+        """
         prompt = self.encoder()
-        logits = self.forward.last_logits([ex.input for ex in examples], prompt)
-        loss = F.cross_entropy(logits, gold)
+        inputs = [ex.input for ex in examples]
+        how = self.config.answer_loss
+        if how == "first":
+            # the answers go to the device first, without blocking: a blocking copy after the forward
+            # would make the host wait for the whole forward before it could queue the backward
+            gold = to_device(torch.tensor([self.gold[ex.target] for ex in examples]), self.lm.device)
+            loss = F.cross_entropy(self.forward.last_logits(inputs, prompt), gold)
+        elif how == "full":
+            loss = full_answer_loss(self.forward, inputs, [self._answer_ids(ex.target) for ex in examples], prompt)
+        else:
+            loss = label_loss(self.forward, self.lm, examples, prompt, self.task.verbalizer, self.scoring,
+                              self._answer_ids)
         if self.wayward_target is not None:
             loss = loss + self.config.waywardness_gamma * waywardness_penalty(prompt, self.wayward_target)
         return loss
+
+    def _answer_ids(self, text: str) -> list[int]:
+        ids = self._answer_memo.get(text)
+        if ids is None:
+            ids = self._answer_memo[text] = self.lm.answer_ids(text)
+        return ids
 
     def train_step(self, examples) -> float:
         self.encoder.train()
@@ -289,7 +323,8 @@ class Trainer:
         """``evaluate``'s metrics of ``examples`` on the trainer's path, with ``prompt`` (default: the current one)."""
         prompt = self.current_prompt() if prompt is None else prompt
         self.lm.begin_step()
-        return self.forward.evaluate(examples, prompt)
+        return self.forward.evaluate(examples, prompt, verbalizer=self.task.verbalizer, metrics=self.task.metrics,
+                                     scoring=self.scoring)
 
     @property
     def fast(self) -> FastForward | None:
