@@ -246,7 +246,8 @@ def score(lm: FrozenLM, template, examples, prompt, answers: Sequence[str] | Non
     answers = list(answers) if answers is not None else None
     for chunk in _batches(examples, batch_size):
         inputs = [ex.input for ex in chunk]
-        gold = gold_fn([ex.target for ex in chunk])
+        # a multiple-choice example made by hand may leave target empty: its gold choice is the answer
+        gold = gold_fn([ex.target or (ex.choices[int(ex.label)] if ex.choices else "") for ex in chunk])
         log_probs = logits_fn(inputs).log_softmax(-1)
         hits += int((log_probs.argmax(-1) == gold).sum())
         loss_sum += float(F.nll_loss(log_probs, gold, reduction="sum"))
