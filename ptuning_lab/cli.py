@@ -27,11 +27,18 @@ def load_lm(args):
     return lm
 
 
-def load_task_arg(args):
+def load_task_arg(args, name=None):
+    """The task of ``--task`` (or one ``name`` of compare's list), with ``--label-words`` as its verbalizer."""
     from .tasks import load_task
+    from .tasks.base import check_labels_present, parse_label_words
 
-    return load_task(args.task, seed=args.data_seed, template=args.manual_template,
-                     max_examples=args.max_examples)
+    words = parse_label_words(args.label_words) if getattr(args, "label_words", None) else None
+    template = args.manual_template if name is None else None
+    task = load_task(name or args.task, seed=args.data_seed, template=template, max_examples=args.max_examples,
+                     verbalizer=words)
+    if words is not None:
+        check_labels_present(words, task)
+    return task
 
 
 def prepare_out_dir(out: Path, overwrite: bool, resume: bool = False) -> None:
@@ -56,8 +63,8 @@ def format_table(summary: list[dict]) -> str:
 
 # ---------------------------------------------------------------- commands
 def cmd_baseline(args) -> int:
+    task = load_task_arg(args)             # bad task input fails before the model loads
     lm = load_lm(args)
-    task = load_task_arg(args)
     metrics = experiments.baseline(lm, task)
     print(json.dumps(metrics, indent=2))
     return 0
@@ -88,11 +95,10 @@ def cmd_train(args) -> int:
 
 def cmd_compare(args) -> int:
     from .prompts import check_method
-    from .tasks import load_task
 
     # every name is checked before anything trains: a typo in the last encoder must not cost the first runs
     encoders = [check_method(e.strip(), allow_prefix=True) for e in args.encoders.split(",") if e.strip()]
-    tasks = [load_task(t, seed=args.data_seed, max_examples=args.max_examples) for t in args.task.split(",")]
+    tasks = [load_task_arg(args, name=t) for t in args.task.split(",")]
     out = Path(args.out)
     prepare_out_dir(out, args.overwrite)
     lm = load_lm(args)
@@ -204,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--manual-template", default=None, help="Manual template for a task file (with [X]).")
         sp.add_argument("--data-seed", type=int, default=0, help="Seed of the train/dev/test split.")
         sp.add_argument("--max-examples", type=int, default=None, help="Use at most this many examples.")
+        sp.add_argument("--label-words", nargs="+", default=None, metavar="LABEL=WORDS",
+                        help="Label words of a classification task, several per label: positive=great,good "
+                             "negative=terrible,bad (default: the task's own, or a file's '# label words:' line).")
 
     def train_args(sp):
         sp.add_argument("--template", default=None, help="Template with [P] and [X] (default: '[P]*3 <manual "

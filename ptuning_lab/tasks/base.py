@@ -171,6 +171,41 @@ def _check_verbalizer(verbalizer, labels: Sequence[str]) -> dict[str, tuple[str,
     return out
 
 
+def parse_label_words(specs: "str | Sequence[str]") -> dict[str, tuple[str, ...]]:
+    """``"positive=great,good negative=terrible,bad"`` (or its items as a list) -> ``{label: (word, ...)}``.
+
+    The form of the CLI's ``--label-words`` and of a task file's ``# label words:`` line.
+    """
+    items = specs.split() if isinstance(specs, str) else [i for spec in specs for i in str(spec).split()]
+    if not items:
+        raise TaskError("no label words given; write LABEL=WORD[,WORD...] per label, e.g. "
+                        "positive=great,good negative=terrible,bad.")
+    out: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        label, eq, words = item.partition("=")
+        if not eq or not label:
+            raise TaskError(f"label words {item!r}: write LABEL=WORD[,WORD...], e.g. positive=great,good "
+                            "(a label without label words cannot be scored).")
+        clean = tuple(w.strip() for w in words.split(","))
+        if not words.strip() or not all(clean):
+            raise TaskError(f"label words {item!r}: empty label word for {label!r}; give words separated by commas "
+                            f"without gaps, e.g. {label}=word1,word2.")
+        if label in out:
+            raise TaskError(f"label {label!r} is given label words twice; list all its words once: "
+                            f"{label}={','.join(out[label] + clean)}.")
+        out[label] = clean
+    return out
+
+
+def check_labels_present(verbalizer: dict, task: "Task") -> None:
+    """Refuse label words for a label the task's data does not have (a typo would otherwise go unnoticed)."""
+    have = {ex.label for ex in task.examples}
+    extra = sorted(set(verbalizer) - have)
+    if extra:
+        raise TaskError(f"label words given for {extra}, but the data of '{task.name}' has the labels "
+                        f"{sorted(map(str, have))}; fix the label names.")
+
+
 def _check_choices(name: str, examples: Sequence[Example]) -> list[Example]:
     """Multiple choice: every example has two or more choices and a gold index; ``target`` = the gold text."""
     out = []
