@@ -19,6 +19,7 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default="capital,currency")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--encoder", default="mlp")
+    p.add_argument("--losses", default="first,full")
     p.add_argument("--max-steps", type=int, default=40)
     p.add_argument("--max-examples", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=8)
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     for name in args.tasks.split(","):
         task = load_task(name, max_examples=args.max_examples)
         multi = sum(len(lm.answer_ids(ex.target)) > 1 for ex in task.test) / len(task.test)
-        for loss in ("first", "full"):
+        for loss in args.losses.split(","):
             for seed in map(int, args.seeds.split(",")):
                 start = time.perf_counter()
                 run = experiments.train_one(lm, task, encoder=args.encoder, seed=seed, progress=False,
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     print("| task | multi-token test answers | answer_loss | test P@1 | test exact match |")
     print("|---|---|---|---|---|")
     for name in args.tasks.split(","):
-        for loss in ("first", "full"):
+        for loss in args.losses.split(","):
             sel = [r for r in rows if r[0] == name and r[1] == loss]
             p1 = [r[3] for r in sel]
             em = [r[4] for r in sel]

@@ -40,8 +40,8 @@ FALLBACK_LR = 3e-3
 
 # What the training loss reads of the answer (TrainConfig.answer_loss; ptuning_lab.answer_loss). 'first'
 # (the LAMA objective the paper trains) stays the default: it is what P@1 measures, it costs one
-# next-token distribution per example (no answer tokens in the forward), and in the measurement of
-# docs/answer_loss.md (benchmarks/answer_loss.py) 'full' did not raise exact match on capital/currency.
+# next-token distribution per example (no answer tokens in the forward). The measured comparison with
+# 'full' (exact match and P@1 on capital/currency) is in docs/answer_loss.md (benchmarks/answer_loss.py).
 ANSWER_LOSSES = ("first", "full", "labels")
 
 
