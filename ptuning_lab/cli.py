@@ -106,11 +106,18 @@ def load_lm(args):
     return lm
 
 
-def load_task_arg(args):
+def load_task_arg(args, name=None):
+    """The task of ``--task`` (or one ``name`` of compare's list), with ``--label-words`` as its verbalizer."""
     from .tasks import load_task
+    from .tasks.base import check_labels_present, parse_label_words
 
-    return load_task(args.task, seed=args.data_seed, template=args.manual_template,
-                     max_examples=args.max_examples)
+    words = parse_label_words(args.label_words) if getattr(args, "label_words", None) else None
+    template = args.manual_template if name is None else None
+    task = load_task(name or args.task, seed=args.data_seed, template=template, max_examples=args.max_examples,
+                     verbalizer=words)
+    if words is not None:
+        check_labels_present(words, task)
+    return task
 
 
 def check_out_dir(args, resume: bool = False) -> Path:
@@ -131,8 +138,8 @@ def format_table(summary: list[dict]) -> str:
 
 # ---------------------------------------------------------------- commands
 def cmd_baseline(args) -> int:
+    task = load_task_arg(args)             # bad task input fails before the model loads
     lm = load_lm(args)
-    task = load_task_arg(args)
     metrics = experiments.baseline(lm, task)
     print(json.dumps(metrics) if args.json else json.dumps(metrics, indent=2))
     return EXIT_OK
@@ -181,7 +188,6 @@ def cmd_train(args) -> int:
 
 def cmd_compare(args) -> int:
     from .prompts import check_method
-    from .tasks import load_task
 
     # every name is checked before anything trains: a typo in the last encoder must not cost the first runs
     encoders = [check_method(e.strip(), allow_prefix=True) for e in args.encoders.split(",") if e.strip()]
@@ -190,7 +196,7 @@ def cmd_compare(args) -> int:
     names = [t.strip() for t in args.task.split(",") if t.strip()]
     if not names:
         raise ValueError(f"--task {args.task!r} names no task; give e.g. --task capital,continent.")
-    tasks = [load_task(t, seed=args.data_seed, max_examples=args.max_examples) for t in names]
+    tasks = [load_task_arg(args, name=t) for t in names]
     for task in tasks:
         _check_train_settings(args, args.template or experiments.default_template(task.template))
     check_out_dir(args)
@@ -377,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--manual-template", default=None, help="Manual template for a task file (with [X]).")
         sp.add_argument("--data-seed", type=seed_int, default=0, help="Seed of the train/dev/test split.")
         sp.add_argument("--max-examples", type=positive_int, default=None, help="Use at most this many examples.")
+        sp.add_argument("--label-words", nargs="+", default=None, metavar="LABEL=WORDS",
+                        help="Label words of a classification task, several per label: positive=great,good "
+                             "negative=terrible,bad (default: the task's own, or a file's '# label words:' line).")
 
     def out_args(sp, default=None):
         sp.add_argument("--out", required=default is None, default=default,

@@ -161,11 +161,11 @@ def train_one(lm, task, *, encoder: str = "mlp", template: str | None = None, in
                           callbacks=callbacks, run_config={"task": task.name, "init": init})
         result = trainer.fit(resume=resume)
         prompt = result.prompt.to(lm.device)       # test split shared out across the ranks under a launch
-        test = trainer.dist.evaluate(lambda examples: evaluate(lm, template, examples, prompt,
-                                                               answers=task.answers), task.test)
+        test = trainer.dist.evaluate(lambda examples: evaluate(lm, template, examples, prompt, answers=task.answers,
+                                                               **task_scoring(task)), task.test)
         metrics = {"task": task.name, "encoder": encoder, "seed": seed, "template": template,
                    "test_p_at_1": test["p_at_1"], "test_candidate_accuracy": test["candidate_accuracy"],
-                   "dev_p_at_1": result.best_dev.get("p_at_1"),
+                   **task_metrics(task, test), "dev_p_at_1": result.best_dev.get("p_at_1"),
                    "trainable_params": prompt_encoder.num_trainable_parameters(),
                    "train_seconds": round(result.seconds, 2), "steps": trainer.step, "best_step": result.best_step,
                    "stopped": result.stopped}
@@ -180,9 +180,19 @@ def baseline(lm, task) -> dict:
     """The manual prompt's test metrics (the row ``encoder="manual"`` of a comparison; nothing trains)."""
     from .evaluation import evaluate
 
-    test = evaluate(lm, task.template, task.test, answers=task.answers)
+    test = evaluate(lm, task.template, task.test, answers=task.answers, **task_scoring(task))
     return {"task": task.name, "encoder": "manual", "template": task.template, "test_p_at_1": test["p_at_1"],
-            "test_candidate_accuracy": test["candidate_accuracy"], "trainable_params": 0}
+            "test_candidate_accuracy": test["candidate_accuracy"], **task_metrics(task, test), "trainable_params": 0}
+
+
+def task_scoring(task) -> dict:
+    """What ``evaluation.evaluate`` needs to know of ``task``: its label words and its metrics."""
+    return {"verbalizer": task.verbalizer, "metrics": task.metrics}
+
+
+def task_metrics(task, test: dict) -> dict:
+    """``test_<metric>`` for each of the task's metrics (P@1 is reported already)."""
+    return {f"test_{m}": test[m] for m in task.metrics if m != "p_at_1" and m in test}
 
 
 def _mean_std(values):

@@ -127,6 +127,37 @@ class FastForward:
         self.stats["tokens_total"] += sum(s.n for s in seqs)
         return self._run(seqs, prompt)
 
+    def answer_logits(self, inputs: Sequence[str], answer_ids: Sequence[Sequence[int]], prompt) -> torch.Tensor:
+        """(B, L, vocab) logits at each answer token's position, as ``evaluation.answer_logits`` (teacher forcing).
+
+        The answer's tokens (all but its last) are appended to the templated input and run live,
+        after the cached prefix and the shared head; differentiable w.r.t. ``prompt``.
+        """
+        from .evaluation import answer_logits
+
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        if not self.active or isinstance(prompt, LayerPrompt):
+            return answer_logits(self.lm, self.template, inputs, answer_ids, prompt)
+        seqs, read = [], []
+        for seq, ids in zip(self._sequences(inputs), answer_ids):
+            if not ids:
+                raise ValueError("an answer tokenizes to nothing; remove empty answers from the task.")
+            full = Seq.of(seq.ids + list(ids[:-1]))
+            seqs.append(full._replace(first=min(full.first, seq.n - 1)))   # the answer never goes in the cache
+            read.append(len(ids))
+        self._check(seqs, prompt)
+        if not self._verified:
+            self._verify(inputs, prompt)
+            if not self.active:
+                return answer_logits(self.lm, self.template, inputs, answer_ids, prompt)
+        self.stats["calls"] += 1
+        self.stats["tokens_total"] += sum(s.n for s in seqs)
+        logits = _at_least_float32(self.lm.head(self._run(seqs, prompt, np.array(read))))     # (sum(read), V)
+        B, L = len(seqs), max(read)
+        flat = [b * L + j for b, k in enumerate(read) for j in range(k)]
+        flat = to_device(torch.tensor(flat, dtype=torch.long), self.lm.device)
+        return logits.new_zeros(B * L, logits.shape[-1]).index_copy(0, flat, logits).view(B, L, -1)
+
     def _check(self, seqs: list[Seq], prompt) -> None:
         max_len = max(s.n for s in seqs)
         if max_len > self.lm.max_positions:
@@ -154,17 +185,20 @@ class FastForward:
                 memo[k] = Seq.of(ids)
         return [memo[k] for k in keys]
 
-    def evaluate(self, examples, prompt: torch.Tensor | None, answers: Sequence[str] | None = None) -> dict:
-        """``evaluation.evaluate`` on the fast path: ``{"n", "p_at_1", "loss"}`` (+ ``"candidate_accuracy"``).
+    def evaluate(self, examples, prompt: torch.Tensor | None, answers: Sequence[str] | None = None,
+                 **task) -> dict:
+        """``evaluation.evaluate`` on the fast path: ``{"n", "p_at_1", "loss"}`` (+ ``"candidate_accuracy"``
+        and the task's metrics; ``task``: ``verbalizer=``, ``metrics=``, ``scoring=`` as there).
 
-        Candidate answers are ranked by ``evaluation.best_candidates`` (the plain path scores
-        multi-token answers).
+        P@1, the loss and exact match run on the fast path; candidate answers, label words and
+        choices are ranked by ``evaluation.candidate_logprobs`` (one cached forward per example).
         """
         from .evaluation import score
 
         prompt = prompt.detach() if isinstance(prompt, torch.Tensor) else prompt
         return score(self.lm, self.template, examples, prompt, answers, self.config.eval_batch_size,
-                     logits_fn=lambda inputs: self.last_logits(inputs, prompt), gold_fn=self._gold)
+                     logits_fn=lambda inputs: self.last_logits(inputs, prompt), gold_fn=self._gold,
+                     answer_logits_fn=lambda inputs, ids: self.answer_logits(inputs, ids, prompt), **task)
 
     def _gold(self, targets: list[str]) -> torch.Tensor:
         """(N,) first-token id of each answer, memoised (``evaluation.first_token_ids``)."""
@@ -185,8 +219,11 @@ class FastForward:
         return self._cache_bytes / 2**20
 
     # ---------------------------------------------------------------- the work
-    def _run(self, seqs: list[Seq], prompt) -> torch.Tensor:
+    def _run(self, seqs: list[Seq], prompt, read: np.ndarray | None = None) -> torch.Tensor:
         """Final hidden state (B, d) at each prediction position, via packed rows.
+
+        ``read``: (B,) how many last positions of each example to return (default 1 each): then
+        (sum(read), d), example by example (an answer's tokens after the template).
 
         Each example = [constant prefix: cached keys/values] + [shared head: common to the batch]
         + [live part]. The live parts of several examples are packed into one row after a copy of
@@ -205,7 +242,8 @@ class FastForward:
         else:
             firsts = np.zeros(B, dtype=np.int64)
         common = common_prefix_length([s.ids for s in seqs]) if (cfg.share_head and B > 1) else 0
-        common = min(common, int(lengths.min()) - 1)
+        read = np.ones(B, dtype=np.int64) if read is None else np.asarray(read, dtype=np.int64)
+        common = min(common, int((lengths - read).min()))         # every position read runs live
         f0 = int(firsts[0])
         if common > f0 and bool((firsts == f0).all()):
             head, head_slots = seqs[0].arr[f0:common], seqs[0].slots[f0:common]
@@ -240,7 +278,9 @@ class FastForward:
         for flat_grid, values in ((f_tok, tok), (f_slot, slot), (f_seg, seg), (f_pos, pos)):
             flat_grid.reshape(-1)[dest] = values
         f_tok, f_slot = f_tok.reshape(-1), f_slot.reshape(-1)
-        last = dest[ends - 1]
+        # the positions read: the last read[b] tokens of example b, in order
+        within = np.arange(int(read.sum())) - np.repeat(np.cumsum(read) - read, read)
+        last = dest[np.repeat(ends - read, read) + within]
         # the virtual positions (flat index into R*Q) and the prompt row each one takes
         v_at = np.flatnonzero(f_tok == -1)
         v_slot = f_slot[v_at]
@@ -250,7 +290,7 @@ class FastForward:
         flat = to_device(torch.from_numpy(np.concatenate([ids, f_seg.reshape(-1), f_pos.reshape(-1), last,
                                                            v_at, v_slot])), dev)
         tok, seg, pos = flat[:3 * R * Q].view(3, R, Q).unbind(0)
-        last_t, v_at_t, v_slot_t = flat[3 * R * Q:].split([B, len(v_at), len(v_slot)])
+        last_t, v_at_t, v_slot_t = flat[3 * R * Q:].split([len(last), len(v_at), len(v_slot)])
 
         # keys/values already known: the constant prefixes, from the cache
         if H and f0 > 0:
@@ -272,7 +312,7 @@ class FastForward:
         cache = make_cache((kv[i, 0], kv[i, 1]) for i in range(kv.shape[0])) if kv is not None else None
         kwargs = {lm._cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
         out = lm.transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, **kwargs)
-        return out.last_hidden_state.reshape(R * Q, -1)[last_t]                    # (B, d)
+        return out.last_hidden_state.reshape(R * Q, -1)[last_t]                    # (B, d) or (sum(read), d)
 
     def _embed(self, tok: torch.Tensor, v_at: torch.Tensor, v_slot: torch.Tensor, prompt) -> torch.Tensor:
         """Token embeddings (R, Q, d), with prompt row ``v_slot[i]`` at flat position ``v_at[i]``.

@@ -5,7 +5,9 @@ and answer the same calls:
 
 - ``last_logits(inputs, prompt, candidates=None)`` -- ``(B, vocab)`` (or ``(B, C)``) next-token
   logits after the template filled with each input, float32, differentiable w.r.t. ``prompt``;
-- ``evaluate(examples, prompt, answers=None)`` -- ``evaluation.evaluate``'s metrics dict;
+- ``answer_logits(inputs, answer_ids, prompt)`` -- ``(B, L, vocab)`` logits at every token of each
+  answer (teacher forcing), differentiable: the whole-answer loss and exact match;
+- ``evaluate(examples, prompt, answers=None, **task)`` -- ``evaluation.evaluate``'s metrics dict;
 - ``uses_fast_path`` and ``fallback_reason`` -- which path runs, and why not the fast one.
 
 :func:`make_forward` is the only place that decides between them; the trainer calls it once.
@@ -20,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from .evaluation import evaluate
+from .evaluation import answer_logits, evaluate
 from .fast import FastConfig, FastForward
 from .prompts import INPUT_LAYER
 from .templates import Template
@@ -42,9 +44,15 @@ class PlainForward:
         """``(B, vocab)`` (or ``(B, C)``) next-token logits after the template, float32 (inputs as in ``encode``)."""
         return self.lm.last_logits(self.lm.encode(self.template, inputs), prompt, candidates)
 
-    def evaluate(self, examples, prompt, answers: Sequence[str] | None = None) -> dict:
-        """``evaluation.evaluate`` on the plain path: ``{"n", "p_at_1", "loss"}`` (+ ``"candidate_accuracy"``)."""
-        return evaluate(self.lm, self.template, examples, prompt, answers)
+    def answer_logits(self, inputs: Sequence[str], answer_ids, prompt) -> torch.Tensor:
+        """``(B, L, vocab)`` logits at every answer token (teacher forcing): ``evaluation.answer_logits``."""
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        return answer_logits(self.lm, self.template, inputs, answer_ids, prompt)
+
+    def evaluate(self, examples, prompt, answers: Sequence[str] | None = None, **task) -> dict:
+        """``evaluation.evaluate`` on the plain path: ``{"n", "p_at_1", "loss"}`` (+ ``"candidate_accuracy"``
+        and the task's metrics; ``task``: ``verbalizer=``, ``metrics=``, ``scoring=``)."""
+        return evaluate(self.lm, self.template, examples, prompt, answers, **task)
 
 
 def make_forward(lm, template, fast: FastConfig | bool | None = True, *, produces: str = INPUT_LAYER):

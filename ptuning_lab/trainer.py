@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed, resume
-from .evaluation import first_token_ids
+from .answer_loss import check_answer_loss, full_answer_loss, label_loss
+from .evaluation import LabelScoring, first_token_ids, warn_shared_first_tokens
 from .fast import FastConfig, FastForward
 from .forward import make_forward
 from .frozen_lm import to_device
@@ -37,6 +38,14 @@ from .templates import Template, warn_unused_fields
 # two seeds (loss back above 10 after step 10); at 1e-3 both seeds trained (test P@1 0.59, 0.53).
 DEFAULT_LR = {"lstm": 1e-3}
 FALLBACK_LR = 3e-3
+
+
+# What the training loss reads of the answer (TrainConfig.answer_loss; ptuning_lab.answer_loss). 'first'
+# (the LAMA objective the paper trains) stays the default: it is what P@1 measures, it costs one
+# next-token distribution per example (no answer tokens in the forward), and 'full' showed no gain on
+# 'capital' (SmolLM2-135M, 30 steps, 1 seed: exact match 0.40 vs 0.50, P@1 0.45 vs 0.55 on 20 test
+# examples): docs/answer_loss.md, benchmarks/answer_loss.py.
+ANSWER_LOSSES = ("first", "full", "labels")
 
 
 def default_lr(method: str) -> float:
@@ -61,6 +70,7 @@ class TrainConfig:
     waywardness_gamma: float = field(default=0.0, metadata={"help": "Weight of the waywardness regulariser (mean squared L2 to the target text's embeddings)."})
     waywardness_target: str | None = field(default=None, metadata={"help": "Text whose embeddings the prompt is pulled towards."})
     fast: bool = field(default=True, metadata={"help": "Use the exact fast path (ptuning_lab.fast: cached prefixes, shared head, packed rows; its settings: Trainer(fast=FastConfig(...))); False = the plain reference path."})
+    answer_loss: str = field(default="first", metadata={"help": "'first': cross-entropy of the answer's first token (LAMA); 'full': negative log-likelihood of every answer token (summed per answer); 'labels' (classification, multiple choice): cross-entropy over the label or choice scores, as PET. See ANSWER_LOSSES."})
 
     def __post_init__(self):
         _check_types(self)
@@ -81,6 +91,8 @@ class TrainConfig:
                                    f"{self.grad_clip}).")
         if self.waywardness_gamma < 0:
             raise TrainConfigError(f"waywardness_gamma must be >= 0 (got {self.waywardness_gamma}).")
+        if self.answer_loss not in ANSWER_LOSSES:
+            raise TrainConfigError(f"answer_loss={self.answer_loss!r}: use one of {', '.join(ANSWER_LOSSES)}.")
         if self.waywardness_gamma > 0 and not self.waywardness_target:
             raise TrainConfigError("waywardness_gamma > 0 needs waywardness_target: the text the prompt should stay close to.")
 
@@ -144,11 +156,13 @@ class Trainer:
 
     ``fast``: the fast path's settings (:class:`ptuning_lab.fast.FastConfig`), used when
     ``config.fast`` is on (the default); ``self.forward`` is the path every step and evaluation runs.
+    ``scoring``: how label words are scored (:class:`ptuning_lab.evaluation.LabelScoring`) in the
+    dev metrics and in ``answer_loss="labels"``.
     """
 
     def __init__(self, lm, encoder, task, template: "str | Template", config: TrainConfig | None = None,
                  callbacks=(), out_dir=None, run_config: dict | None = None, progress: bool = True,
-                 fast: FastConfig | None = None):
+                 fast: FastConfig | None = None, scoring: LabelScoring | None = None):
         _check_arguments(lm, encoder, task, config)
         self.lm, self.encoder, self.task = lm, encoder.to(lm.device), task
         # input-layer encoders fill the template's [P] slots; others (e.g. K/V prefixes) need none
@@ -190,7 +204,11 @@ class Trainer:
         warmup = int(self.config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _linear_warmup(s, warmup, self.total_steps))
         self.gold = dict(zip([ex.target for ex in task.train], first_token_ids(lm, [ex.target for ex in task.train]).tolist()))
-        _check_label_words(lm, task)
+        self._answer_memo: dict[str, list[int]] = {}
+        self.scoring = scoring or LabelScoring()
+        check_answer_loss(self.config.answer_loss, task)
+        if task.verbalizer:
+            warn_shared_first_tokens(lm, task.verbalizer)     # first-token P@1 cannot tell such labels apart
         self.wayward_target = self._wayward_target()
         # the fast path: same logits as the plain path, less of the frozen model's work
         self.forward = make_forward(lm, self.template, fast if fast is not None else self.config.fast,
@@ -213,16 +231,34 @@ class Trainer:
         return [self.task.train[j] for j in order[i * bs:(i + 1) * bs]]
 
     def loss(self, examples) -> torch.Tensor:
-        """Mean cross-entropy of each answer's first token over the whole vocabulary (+ waywardness)."""
-        # the answers go to the device first, without blocking: a blocking copy after the forward
-        # would make the host wait for the whole forward before it could queue the backward
-        gold = to_device(torch.tensor([self.gold[ex.target] for ex in examples]), self.lm.device)
+        """The answer loss of ``config.answer_loss`` averaged over ``examples`` (+ waywardness).
+
+        'first': cross-entropy of each answer's first token over the whole vocabulary; 'full': the
+        negative log-likelihood of all the answer's tokens (teacher forcing), summed per answer;
+        'labels': cross-entropy over the label (or choice) scores (:mod:`ptuning_lab.answer_loss`).
+        """
         prompt = self.encoder()
-        logits = self.forward.last_logits(list(examples), prompt)       # each slot reads its field
-        loss = F.cross_entropy(logits, gold)
+        inputs = list(examples)                    # each template slot reads its field of the example
+        how = self.config.answer_loss
+        if how == "first":
+            # the answers go to the device first, without blocking: a blocking copy after the forward
+            # would make the host wait for the whole forward before it could queue the backward
+            gold = to_device(torch.tensor([self.gold[ex.target] for ex in examples]), self.lm.device)
+            loss = F.cross_entropy(self.forward.last_logits(inputs, prompt), gold)
+        elif how == "full":
+            loss = full_answer_loss(self.forward, inputs, [self._answer_ids(ex.target) for ex in examples], prompt)
+        else:
+            loss = label_loss(self.forward, self.lm, examples, prompt, self.task.verbalizer, self.scoring,
+                              self._answer_ids)
         if self.wayward_target is not None:
             loss = loss + self.config.waywardness_gamma * waywardness_penalty(prompt, self.wayward_target)
         return loss
+
+    def _answer_ids(self, text: str) -> list[int]:
+        ids = self._answer_memo.get(text)
+        if ids is None:
+            ids = self._answer_memo[text] = self.lm.answer_ids(text)
+        return ids
 
     def train_step(self, examples) -> float:
         self.encoder.train()
@@ -328,7 +364,8 @@ class Trainer:
         """``evaluate``'s metrics of ``examples`` on the trainer's path, with ``prompt`` (default: the current one)."""
         prompt = self.current_prompt() if prompt is None else prompt
         self.lm.begin_step()
-        return self.forward.evaluate(examples, prompt)
+        return self.forward.evaluate(examples, prompt, verbalizer=self.task.verbalizer, metrics=self.task.metrics,
+                                     scoring=self.scoring)
 
     @property
     def fast(self) -> FastForward | None:
@@ -424,22 +461,6 @@ def _check_arguments(lm, encoder, task, config) -> None:
 
 class TrainerArgumentError(ValueError):
     """A Trainer argument of the wrong kind (a name where an object is needed); the message says what to pass."""
-
-
-def _check_label_words(lm, task) -> None:
-    """Refuse a verbalizer whose words start with the same token: first-token P@1 cannot tell them apart."""
-    if not getattr(task, "verbalizer", None):
-        return
-    words = list(task.verbalizer.values())
-    firsts = first_token_ids(lm, words).tolist()
-    by_id: dict = {}
-    for word, tid in zip(words, firsts):
-        by_id.setdefault(tid, []).append(word)
-    clash = [ws for ws in by_id.values() if len(ws) > 1]
-    if clash:
-        token = lm.tokenizer.decode([firsts[words.index(clash[0][0])]])
-        raise ValueError(f"the label words {clash[0]} all start with the token {token!r}: first-token P@1 cannot "
-                         "tell them apart. Give each label a word with its own first token (e.g. 'good'/'bad').")
 
 
 def _linear_warmup(step: int, warmup: int, total: int) -> float:

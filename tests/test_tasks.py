@@ -1,5 +1,6 @@
 """Tasks: built-in relations and polarity, user files, deterministic splits, and every input error."""
 import json
+import re
 import os
 import tempfile
 from collections import Counter
@@ -131,14 +132,14 @@ def test_max_examples_caps_deterministically():
 def test_polarity_is_balanced_with_default_verbalizer():
     task = load_task("polarity")
     assert task.kind == "classification"
-    assert task.verbalizer == {"positive": "good", "negative": "bad"}
+    assert task.verbalizer == {"positive": ("good",), "negative": ("bad",)}
     assert task.answers == ["bad", "good"]
     counts = Counter(ex.label for ex in task.examples)
     assert counts["positive"] == counts["negative"] >= 800
     for part in (task.train, task.dev, task.test):  # stratified
         c = Counter(ex.label for ex in part)
         assert abs(c["positive"] - c["negative"]) <= 1
-    assert all(ex.target == task.verbalizer[ex.label] for ex in task.examples)
+    assert all(ex.target == task.verbalizer[ex.label][0] for ex in task.examples)
     words = {ex.input: ex.label for ex in task.examples}
     assert words["adore"] == "positive" and words["vile"] == "negative"
     assert all(w.isalpha() and w.islower() for w in words)
@@ -163,7 +164,7 @@ def test_polarity_leaves_out_offensive_words_unless_asked():
 
 def test_polarity_custom_verbalizer_threshold_and_cap():
     task = load_task("polarity", verbalizer={"positive": " great", "negative": "terrible"}, max_examples=101)
-    assert task.verbalizer == {"positive": "great", "negative": "terrible"}
+    assert task.verbalizer == {"positive": ("great",), "negative": ("terrible",)}
     assert task.answers == ["great", "terrible"]
     counts = Counter(ex.label for ex in task.examples)
     assert sum(counts.values()) == 101 and abs(counts["positive"] - counts["negative"]) <= 1
@@ -226,7 +227,7 @@ def test_jsonl_comment_template_and_argument_wins(tmp_path):
     path = write(tmp_path, "cls.jsonl", "\n".join(lines))
     task = load_task(path)
     assert task.template == "The word [X] is"
-    assert task.kind == "classification" and task.verbalizer == {"neg": "neg", "pos": "pos"}
+    assert task.kind == "classification" and task.verbalizer == {"neg": ("neg",), "pos": ("pos",)}
     assert all(ex.target == ex.label for ex in task.examples)
     assert load_task(path, template="[X] means").template == "[X] means"
 
@@ -236,7 +237,7 @@ def test_classification_file_verbalizer_and_stratification(tmp_path):
     path = write(tmp_path, "sst.csv", "text,label\n" + "\n".join(rows))
     task = load_task(path, template="[X] It was", verbalizer={"positive": "great", "negative": "awful",
                                                               "neutral": "okay"})
-    assert task.verbalizer == {"negative": "awful", "positive": "great"}  # only labels present
+    assert task.verbalizer == {"negative": ("awful",), "positive": ("great",)}  # only labels present
     assert task.answers == ["awful", "great"]
     for part, n in zip((task.train, task.dev, task.test), (24, 8, 8)):
         assert len(part) == n
@@ -466,3 +467,92 @@ def test_a_registered_task_family_loads_by_name(monkeypatch):
         register_task("capital", toy, kind="classification")
     with pytest.raises(TaskError, match="kind must be"):
         register_task("other", toy, kind="regression")
+
+
+# ---------------------------------------------------------------- label words (several per label) and choices
+from ptuning_lab.tasks.base import parse_label_words  # noqa: E402
+
+SENTIMENT_ROWS = [f"review {i},{'fresh' if i % 2 else 'rotten'}" for i in range(20)]
+
+
+def test_several_label_words_per_label_and_the_first_is_the_target(tmp_path):
+    path = write(tmp_path, "rt.csv", "text,label\n" + "\n".join(SENTIMENT_ROWS))
+    task = load_task(path, template="[X] It was", verbalizer={"fresh": ["great", " good", "great"], "rotten": "bad"})
+    assert task.verbalizer == {"fresh": ("great", "good"), "rotten": ("bad",)}   # stripped, repeats dropped
+    assert task.label_words == ["great", "good", "bad"] and task.answers == ["bad", "great"]
+    assert {ex.target for ex in task.examples if ex.label == "fresh"} == {"great"}
+    assert task.metrics == ("accuracy",) and load_task("capital").metrics == ("p_at_1", "exact_match")
+    assert "fresh->great|good" in task.summary()
+    with pytest.raises(TaskError, match="label 'fresh' has no label words"):
+        load_task(path, template="[X]", verbalizer={"fresh": (), "rotten": "bad"})
+    with pytest.raises(TaskError, match="verbalizer word for label 'fresh' is ''"):
+        load_task(path, template="[X]", verbalizer={"fresh": ("good", ""), "rotten": "bad"})
+    with pytest.raises(TaskError, match=r"several labels to \['good'\]"):
+        load_task(path, template="[X]", verbalizer={"fresh": ("good", "great"), "rotten": ("bad", "good")})
+
+
+def test_parse_label_words_and_its_errors():
+    assert parse_label_words("positive=great,good negative=terrible,bad") == {
+        "positive": ("great", "good"), "negative": ("terrible", "bad")}
+    assert parse_label_words(["positive=great", "negative=bad"]) == {"positive": ("great",), "negative": ("bad",)}
+    for bad, message in [("positive", "a label without label words"), ("positive=", "empty label word"),
+                         ("positive=good,,great", "empty label word"), ("=good", "LABEL=WORD"),
+                         ("a=x a=y", "given label words twice"), ("", "no label words given")]:
+        with pytest.raises(TaskError, match=message):
+            parse_label_words(bad)
+
+
+def test_label_words_header_line_in_csv_and_jsonl(tmp_path):
+    csv_path = write(tmp_path, "rt.csv", "# template: [X] It was\n# label words: fresh=great,good rotten=bad,awful\n"
+                     "text,label\n" + "\n".join(SENTIMENT_ROWS))
+    task = load_task(csv_path)
+    assert task.template == "[X] It was"
+    assert task.verbalizer == {"fresh": ("great", "good"), "rotten": ("bad", "awful")}
+    assert load_task(csv_path, verbalizer={"fresh": "yes", "rotten": "no"}).verbalizer == {
+        "fresh": ("yes",), "rotten": ("no",)}                              # the argument wins over the file
+    lines = [json.dumps({"text": f"t{i}", "label": "fresh" if i % 2 else "rotten"}) for i in range(10)]
+    jl = write(tmp_path, "rt.jsonl", "# label words: fresh=good rotten=bad\n" + "\n".join(lines))
+    assert load_task(jl, template="[X] ->").verbalizer == {"fresh": ("good",), "rotten": ("bad",)}
+    typo = write(tmp_path, "typo.csv", "# label words: fresh=good rotte=bad\ntext,label\n" + "\n".join(SENTIMENT_ROWS))
+    with pytest.raises(TaskError, match=r"names \['rotte'\], but the file's labels are \['fresh', 'rotten'\]"):
+        load_task(typo, template="[X]")
+    empty = write(tmp_path, "empty.csv", "# label words: fresh= rotten=bad\ntext,label\n" + "\n".join(SENTIMENT_ROWS))
+    with pytest.raises(TaskError, match="'# label words:' line: .*empty label word"):
+        load_task(empty, template="[X]")
+    rel = write(tmp_path, "rel.csv", "# label words: a=b\nsubject,object\n" + "\n".join(f"s{i},o{i}" for i in range(6)))
+    with pytest.raises(TaskError, match="only applies to text,label files"):
+        load_task(rel, template="[X] is")
+
+
+def test_multiple_choice_examples_need_their_choices():
+    from ptuning_lab.tasks.base import _make_task
+
+    good = [Example(f"premise {i}", label=str(i % 2), choices=(f"a{i}", f"b{i}")) for i in range(10)]
+    task = _make_task("copa", "[X] so", good, "multiple_choice", None, 0, (0.6, 0.2, 0.2), None)
+    assert task.kind == "multiple_choice" and task.answers == [] and task.metrics == ("accuracy",)
+    assert all(ex.target == ex.choices[int(ex.label)] for ex in task.examples)
+    with pytest.raises(TaskError, match="example 3 .* needs its candidate texts"):
+        _make_task("copa", "[X] so", good[:3] + [Example("no choices", label="0")] + good[4:], "multiple_choice",
+                   None, 0, (0.6, 0.2, 0.2), None)
+    with pytest.raises(TaskError, match="gold choice's index"):
+        _make_task("copa", "[X] so", [Example("p", label="2", choices=("a", "b"))] + good, "multiple_choice",
+                   None, 0, (0.6, 0.2, 0.2), None)
+
+
+def test_cli_label_words_reach_the_task_and_its_errors(tmp_path, tiny_model_dir, capsys):
+    from ptuning_lab import cli
+
+    path = write(tmp_path, "rt.csv", "text,label\n" + "\n".join(SENTIMENT_ROWS))
+    base = ["baseline", "--model", tiny_model_dir, "--device", "cpu", "--task", str(path),
+            "--manual-template", "[X] It was"]
+    assert cli.main(base + ["--label-words", "fresh=great,good", "rotten=terrible,bad"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["test_accuracy"] <= 1 and out["template"] == "[X] It was"
+    for words, message in [(["fresh=great", "rotten="], "empty label word"), (["fresh=great", "rotten"],
+                           "label without label words"), (["fresh=good", "rotten=bad", "meh=okay"],
+                           r"label words given for \['meh'\], but the data of 'rt' has")]:
+        assert cli.main(base + ["--label-words", *words]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and re.search(message, err[0]), err
+    assert cli.main(base[:5] + ["--task", "capital", "--label-words", "a=b"]) == 2
+    assert "only applies to classification" in capsys.readouterr().err

@@ -328,13 +328,94 @@ def test_trainer_refuses_a_task_name_and_says_what_to_pass(gpt2):
         Trainer("gpt2", enc, toy_task(), "[P][P] [X] is [P]", progress=False)
 
 
-def test_label_words_sharing_a_first_token_are_refused(gpt2):
+def test_label_words_sharing_a_first_token_are_named_in_a_warning(gpt2):
+    """18.9: "very good"/"very bad" share " very": first-token P@1 cannot tell them apart (full scoring can)."""
     words = {"positive": "very good", "negative": "very bad"}
     exs = [Example(f"text{i}", words[label], label) for i, label in enumerate(["positive", "negative"] * 6)]
     task = Task("pol", "[X] is", exs[:6], exs[6:9], exs[9:], sorted(words.values()), kind="classification",
                 verbalizer=words)
     enc = build_encoder("direct", 2, gpt2.embedding.detach(), init="vocab")
     assert gpt2.answer_ids("very good")[0] == gpt2.answer_ids("very bad")[0]      # the premise: " very"
-    with pytest.raises(ValueError, match=r"\['very good', 'very bad'\] all start with the token ' very': "
-                                         r"first-token P@1 cannot tell them apart"):
+    with pytest.warns(UserWarning, match=r"'very good'/'very bad' of different labels share their first token: "
+                                         r"first-token P@1"):
         Trainer(gpt2, enc, task, "[P] [X] is [P]", progress=False)
+
+
+# ---------------------------------------------------------------- whole-answer losses
+def multi_token_task():
+    """A relation whose answers have 1 to 3 tokens (what answer_loss='full' is for)."""
+    answers = ["Paris", "Buenos Aires", "Port of Spain", "United States dollar"]
+    exs = [Example(WORDS[i] + str(i), answers[i % 4]) for i in range(16)]
+    return Task("multi", "Capital of [X] is", exs[:8], exs[8:12], exs[12:], sorted(answers))
+
+
+def hand_full_loss(lm, template, examples, prompt):
+    """Plain loop: each example with its whole answer appended, one full forward each, summed token NLL."""
+    total = 0
+    for ex in examples:
+        ids = lm.answer_ids(ex.target)
+        batch = lm.encode(template, [ex.input], suffixes=[ids])
+        logp = lm.head(lm.hidden(batch, prompt)[0]).log_softmax(-1)
+        start = int(batch.suffix_start[0])
+        total = total - sum(logp[start - 1 + j, t] for j, t in enumerate(ids))
+    return total / len(examples)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_full_answer_loss_gradient_equals_a_plain_loop(gpt2, fast):
+    task = multi_token_task()
+    assert {len(gpt2.answer_ids(ex.target)) for ex in task.train} >= {1, 2, 3}
+    template = "[P] Capital of [X] is [P][P]"
+    enc = build_encoder("mlp", 3, gpt2.embedding.detach(), init="vocab", seed=0).double()
+    trainer = Trainer(gpt2, enc, task, template, TrainConfig(answer_loss="full", fast=fast), progress=False)
+    assert trainer.forward.uses_fast_path is fast
+    batch = task.train[:6]
+    loss = trainer.loss(batch)
+    got = torch.autograd.grad(loss, list(enc.parameters()))
+    want_loss = hand_full_loss(gpt2, template, batch, enc())
+    want = torch.autograd.grad(want_loss, list(enc.parameters()))
+    assert loss.item() == pytest.approx(want_loss.item(), rel=1e-10)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_label_loss_is_a_cross_entropy_over_full_label_scores(gpt2, fast):
+    verbalizer = {"north": ("up north", "north"), "south": ("down south",), "east": ("east",), "west": ("far west",)}
+    exs = [Example(WORDS[i] + str(i), verbalizer[lab][0], lab) for i, lab in
+           enumerate(["north", "south", "east", "west"] * 4)]
+    task = Task("dirs", "Direction of [X] is", exs[:8], exs[8:12], exs[12:], ["down", "east", "far", "up"],
+                kind="classification", verbalizer=verbalizer)
+    template = "[P][P] Direction of [X] is [P]"
+    enc = build_encoder("mlp", 3, gpt2.embedding.detach(), init="vocab", seed=0).double()
+    trainer = Trainer(gpt2, enc, task, template, TrainConfig(answer_loss="labels", fast=fast), progress=False)
+    loss = trainer.loss(task.train[:5])
+    got = torch.autograd.grad(loss, list(enc.parameters()))
+    prompt, total = enc(), 0
+    for ex in task.train[:5]:                 # by hand: each word's summed log-prob, logsumexp per label, CE
+        scores = []
+        for words in verbalizer.values():
+            per_word = []
+            for w in words:
+                ids = gpt2.answer_ids(w)
+                batch = gpt2.encode(template, [ex.input], suffixes=[ids])
+                logp = gpt2.head(gpt2.hidden(batch, prompt)[0]).log_softmax(-1)
+                start = int(batch.suffix_start[0])
+                per_word.append(sum(logp[start - 1 + j, t] for j, t in enumerate(ids)))
+            scores.append(torch.logsumexp(torch.stack(per_word), 0))
+        total = total - torch.stack(scores).log_softmax(0)[list(verbalizer).index(ex.label)]
+    want_loss = total / 5
+    want = torch.autograd.grad(want_loss, list(enc.parameters()))
+    assert loss.item() == pytest.approx(want_loss.item(), rel=1e-10)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-9, atol=1e-12)
+    assert "accuracy" in trainer.score(task.dev)          # the dev metrics score every label in full
+
+
+def test_answer_loss_choices_are_checked(gpt2):
+    with pytest.raises(ValueError, match="answer_loss='whole'"):
+        TrainConfig(answer_loss="whole")
+    enc = build_encoder("mlp", 3, gpt2.embedding.detach(), init="vocab", seed=0).double()
+    with pytest.raises(ValueError, match="is a relation"):
+        Trainer(gpt2, enc, toy_task(), "[P][P] Direction of [X] is [P]", TrainConfig(answer_loss="labels"),
+                progress=False)

@@ -9,12 +9,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from .base import DEFAULT_SPLIT, Example, Task, TaskError, _check_verbalizer, _make_task
+from .base import DEFAULT_SPLIT, Example, Task, TaskError, _check_verbalizer, _make_task, parse_label_words
 from .registry import task_names
 
 FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 COLUMNS = {"relation": ("subject", "object"), "classification": ("text", "label")}
 _TEMPLATE_LINE = re.compile(r"^\s*#\s*template\s*:\s*(.*?)\s*$", re.IGNORECASE)
+_LABEL_WORDS_LINE = re.compile(r"^\s*#\s*label words\s*:\s*(.*?)\s*$", re.IGNORECASE)
 
 
 def task_from_file(path: str | Path, seed: int = 0, template: str | None = None,
@@ -24,7 +25,8 @@ def task_from_file(path: str | Path, seed: int = 0, template: str | None = None,
 
     The template comes from ``template=``, else from a first line ``# template: ...`` (or, in
     JSONL, ``{"template": "..."}``). Values are stripped of surrounding whitespace. For
-    classification the verbalizer defaults to each label itself.
+    classification the verbalizer comes from ``verbalizer=``, else from a leading line
+    ``# label words: positive=great,good negative=terrible,bad``, else each label is its own word.
     """
     path = Path(path)
     fmt = FILE_KINDS.get(path.suffix.lower())
@@ -62,6 +64,10 @@ def task_from_file(path: str | Path, seed: int = 0, template: str | None = None,
         more = f" and {len(dups) - 5} more" if len(dups) > 5 else ""
         what = "one answer per subject" if kind == "relation" else "a repeated text would leak across splits"
         raise TaskError(f"{path}: duplicate {first}s: {shown}{more}. Keep one row per {first} ({what}).")
+    header_words = _header_label_words(text, path)
+    if kind == "relation" and header_words is not None:
+        raise TaskError(f"{path} is a relation (subject,object): its '# label words:' line only applies to "
+                        "text,label files. Remove the line.")
     if kind == "relation":
         if verbalizer is not None:
             raise TaskError(f"{path} is a relation (subject,object): verbalizer= only applies to text,label "
@@ -70,10 +76,30 @@ def task_from_file(path: str | Path, seed: int = 0, template: str | None = None,
         verb = None
     else:
         labels = sorted({y for _, _, y in rows})
+        if verbalizer is None and header_words is not None:
+            extra = sorted(set(header_words) - set(labels))
+            if extra:
+                raise TaskError(f"{path}: the '# label words:' line names {extra}, but the file's labels are "
+                                f"{labels}; fix the label names.")
+            verbalizer = header_words
         verb = _check_verbalizer(verbalizer if verbalizer is not None else {l: l for l in labels}, labels)
         verb = {label: verb[label] for label in labels}
-        examples = [Example(x, verb[y], y) for _, x, y in rows]
+        examples = [Example(x, verb[y][0], y) for _, x, y in rows]
     return _make_task(path.stem, template, examples, kind, verb, seed, split, max_examples)
+
+
+def _header_label_words(text: str, path: Path) -> dict[str, tuple[str, ...]] | None:
+    """The ``# label words: ...`` line among the comment lines before the first row, parsed; None without one."""
+    for line in re.split(r"\r\n|\r|\n", text):
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+        m = _LABEL_WORDS_LINE.match(line)
+        if m:
+            try:
+                return parse_label_words(m.group(1))
+            except TaskError as e:
+                raise TaskError(f"{path}, '# label words:' line: {e}") from None
+    return None
 
 
 def _kind_from_columns(found: Sequence[str], where: str) -> str:

@@ -48,8 +48,8 @@ def polarity_task(seed: int = 0, template: str | None = None, split: Sequence[fl
 
     verb = _check_verbalizer(POLARITY_VERBALIZER if verbalizer is None else verbalizer, ["negative", "positive"])
     verb = {label: verb[label] for label in ("positive", "negative")}
-    examples = [Example(w, verb["positive"], "positive") for w, _ in strongest(pos)]
-    examples += [Example(w, verb["negative"], "negative") for w, _ in strongest(neg)]
+    examples = [Example(w, verb["positive"][0], "positive") for w, _ in strongest(pos)]
+    examples += [Example(w, verb["negative"][0], "negative") for w, _ in strongest(neg)]
     examples.sort(key=lambda e: e.input)
     return _make_task("polarity", template or POLARITY_TEMPLATE, examples, "classification", verb,
                       seed, split, max_examples)
