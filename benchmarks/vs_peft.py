@@ -195,8 +195,12 @@ class Ours:
         cfg = ours_config(method, lm) if encoder_config == "peft" else None
         enc = build_encoder(method, n, lm.embedding.detach(), init=init, tokenize=lm.tokenize, seed=0, config=cfg)
         # a GPU holds the whole prefix cache of the data set
+        # random weights in bf16: at the Llama shapes the rounding noise alone (fast path and plain path both
+        # ~0.05 of the largest logit from float64 at 32 layers) exceeds the one-off self-check's tolerance,
+        # so it would fall back to the plain path; exactness is what tests/test_speed_paths.py checks in float64
+        verify = not (args.model == "gpt2-random" and args.shape != "gpt2-small")
         settings = FastConfig(max_cache_mb=max(FastConfig().max_cache_mb, 8192 if args.device == "cuda" else 0),
-                              pack_tokens=pack_tokens or FastConfig().pack_tokens)
+                              pack_tokens=pack_tokens or FastConfig().pack_tokens, verify=verify)
         self.trainer = Trainer(lm, enc, task, template,
                                TrainConfig(lr=LR, batch_size=args.batch_size, max_steps=10_000, fast=fast),
                                progress=False, fast=settings if fast else None)
@@ -339,8 +343,17 @@ def step_flops(v, step) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     stance = getattr(torch.compiler, "set_stance", None)
-    with (stance("force_eager") if stance else _nullcontext()), FlopCounterMode(display=False) as counter:
-        v.train_step(step)
+    try:        # the counter has no formula for SDPA's grouped-query form: count it as the repeated heads it equals
+        from transformers.integrations import sdpa_attention
+        gqa, sdpa_attention.use_gqa_in_sdpa = sdpa_attention.use_gqa_in_sdpa, lambda *a, **k: False
+    except (ImportError, AttributeError):
+        sdpa_attention = None
+    try:
+        with (stance("force_eager") if stance else _nullcontext()), FlopCounterMode(display=False) as counter:
+            v.train_step(step)
+    finally:
+        if sdpa_attention is not None:
+            sdpa_attention.use_gqa_in_sdpa = gqa
     return counter.get_total_flops()
 
 
@@ -352,7 +365,11 @@ def profile_steps(v, step, args, n=3) -> dict:
         for i in range(n):
             v.train_step(step + i)
         sync(args)
-    events = prof.key_averages()
+    # the kernels themselves: not the CPU ops that launched them, nor annotations spanning them ("## ...")
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
+              and not e.key.startswith("##")]
+    if not events:
+        return {"kernel_s_per_step": 0.0, "top": []}
     attr = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
     kernel_s = sum(getattr(e, attr) for e in events) / 1e6 / n
     top = sorted(events, key=lambda e: -getattr(e, attr))[:6]
@@ -411,7 +428,11 @@ def measure(variants, args):
         n_dev = args.eval_batch_size if v.task is None else len(v.task.dev[: args.eval_batch_size])
         t_train = statistics.median(res[v.name]["train"])
         t_eval = statistics.median(res[v.name]["eval"])
-        flops = step_flops(v, step[v.name]) if args.flops else None
+        try:
+            flops = step_flops(v, step[v.name]) if args.flops else None
+        except Exception as err:    # noqa: BLE001 -- a missing FLOP formula must not lose the timings
+            print(f"note: FLOPs of {v.name} not counted ({type(err).__name__}: {err})", flush=True)
+            flops = None
         step[v.name] += 1
         prof = profile_steps(v, step[v.name], args) if args.profile and v.name in args.profile.split(",") else None
         step[v.name] += 3
