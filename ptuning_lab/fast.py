@@ -215,14 +215,6 @@ class FastForward:
         live_lens = lengths - starts
         rows = pack_rows(live_lens.tolist(), max(cfg.pack_tokens - H, 1))
         R = len(rows)
-        single = all(len(row) == 1 for row in rows)
-        # one example per row (small pack_tokens: no block mask, attention as short as an example):
-        # the shared head runs once, batch size 1, and reaches every row as keys/values, instead
-        # of a copy at the start of each row
-        head_kv = bool(H) and single and R > 1
-        head_ids, head_v = (head, np.flatnonzero(head == -1)) if head_kv else (head[:0], head[:0])
-        if head_kv:
-            head, head_slots, H = head[:0], head_slots[:0], 0
         row_of = np.repeat(np.arange(R), [len(row) for row in rows])                 # (B,)
         row_tokens = np.bincount(row_of, weights=live_lens, minlength=R).astype(np.int64)
         Q = H + int(row_tokens.max())
@@ -249,31 +241,27 @@ class FastForward:
         v_at = np.flatnonzero(f_tok == -1)
         v_slot = f_slot[v_at]
         ids = np.where(f_tok >= 0, f_tok, lm.pad_id)
-        self.stats["tokens_run"] += int(live_lens.sum()) + R * H + len(head_ids)
+        self.stats["tokens_run"] += int(live_lens.sum()) + R * H
         # one host-to-device copy (pinned, asynchronous on a GPU): no stall of the queue behind it
         flat = to_device(torch.from_numpy(np.concatenate([ids, f_seg.reshape(-1), f_pos.reshape(-1), last,
-                                                           v_at, v_slot, np.maximum(head_ids, 0), head_v])), dev)
+                                                           v_at, v_slot])), dev)
         tok, seg, pos = flat[:3 * R * Q].view(3, R, Q).unbind(0)
-        last_t, v_at_t, v_slot_t, head_t, head_v_t = flat[3 * R * Q:].split(
-            [B, len(v_at), len(v_slot), len(head_ids), len(head_v)])
+        last_t, v_at_t, v_slot_t = flat[3 * R * Q:].split([B, len(v_at), len(v_slot)])
 
-        # keys/values already known: the constant prefixes, from the cache (and the shared head)
-        shared = (H or head_kv) and f0 > 0
-        if shared or head_kv:
-            kv = self._prefix_cache([seqs[0].ids[:f0]])[0].unsqueeze(2) if shared else None  # (layers, 2, 1, heads, L, hd)
-            if head_kv:
-                kv = self._head_kv(head_t, head_v_t, torch.from_numpy(seqs[0].slots[f0:common]).to(dev), f0, kv, prompt)
-            kv = kv.expand(-1, -1, R, -1, -1, -1)
-            kseg = torch.full((R, kv.shape[4]), SHARED, dtype=torch.long, device=dev)
+        # keys/values already known: the constant prefixes, from the cache
+        if H and f0 > 0:
+            entry = self._prefix_cache([seqs[0].ids[:f0]])[0]                     # (layers, 2, heads, L, hd)
+            kv = entry.unsqueeze(2).expand(-1, -1, R, -1, -1, -1)
+            kseg = torch.full((R, f0), SHARED, dtype=torch.long, device=dev)
         elif not H and int(firsts.max()) > 0:
             kv, kseg = self._row_prefixes([[seqs[b].ids[:firsts[b]] for b in row] for row in rows], rows)
         else:
             kv, kseg = None, torch.zeros((R, 0), dtype=torch.long, device=dev)
 
         embeds = self._embed(tok, v_at_t, v_slot_t, prompt)
-        if single and (kv is None or head_kv or shared):
-            # one example per row, padding only at its end, keys before it shared by all: causal
-            # attention is exactly the block mask, and without a mask SDPA can take its fastest kernel
+        if kv is None and all(len(row) == 1 for row in rows):
+            # one example per row, padding only at its end: causal attention is exactly the block
+            # mask, and without a mask SDPA can take its fastest (flash) kernel
             mask = None
         else:
             mask = block_mask(seg, kseg, self._mask_dtype(embeds))
@@ -281,21 +269,6 @@ class FastForward:
         kwargs = {lm._cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
         out = lm.transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, **kwargs)
         return out.last_hidden_state.reshape(R * Q, -1)[last_t]                    # (B, d)
-
-    def _head_kv(self, ids: torch.Tensor, v_at: torch.Tensor, v_slot: torch.Tensor, f0: int, prefix, prompt):
-        """Keys/values (layers, 2, 1, heads, f0 + H, hd) of the constant prefix and the shared head ``ids`` (H,).
-
-        The head runs once, batch size 1, after the cached ``prefix`` (layers, 2, 1, heads, f0, hd)
-        or none; its keys/values keep their gradient to the prompt rows ``v_slot`` at ``v_at``.
-        """
-        lm = self.lm
-        H = ids.shape[0]
-        embeds = self._embed(ids.view(1, H), v_at, v_slot[v_at], prompt)
-        past = {lm._cache_arg: make_cache((prefix[i, 0], prefix[i, 1]) for i in range(prefix.shape[0]))} \
-            if prefix is not None else {}
-        pos = torch.arange(f0, f0 + H, device=ids.device).view(1, H)
-        out = lm.transformer(inputs_embeds=embeds, position_ids=pos, use_cache=True, **past)
-        return torch.stack([torch.stack([k, v]) for k, v in layer_kv(output_cache(out, lm._cache_arg))])
 
     def _embed(self, tok: torch.Tensor, v_at: torch.Tensor, v_slot: torch.Tensor, prompt) -> torch.Tensor:
         """Token embeddings (R, Q, d), with prompt row ``v_slot[i]`` at flat position ``v_at[i]``.

@@ -13,7 +13,7 @@ from ptuning_lab.prompts import KEY_VALUE, LayerPrompt, build_encoder
 from ptuning_lab.evaluation import evaluate
 from ptuning_lab.fast import FastConfig, FastForward
 from ptuning_lab.forward import PlainForward, make_forward
-from ptuning_lab.packing import block_mask, common_prefix_length, pack_rows
+from ptuning_lab.packing import block_mask, pack_rows
 from ptuning_lab.tasks import Example, Task
 from ptuning_lab.templates import Template
 from ptuning_lab.trainer import TrainConfig, Trainer
@@ -101,17 +101,6 @@ def test_less_work_than_the_plain_path(lm64):
     shared.last_logits(INPUTS, _prompt(lm64, "[P]*4 The capital of [X] is"))
     # the 4 [P] + "The capital of" ran once, not once per example
     assert shared.stats["tokens_run"] < shared.stats["tokens_total"] - 5 * (len(INPUTS) - 1)
-
-
-def test_one_example_per_row_runs_the_shared_head_once(lm64):
-    template = "[P]*3 The capital of [X] is [P]*3"
-    fast = FastForward(lm64, template, FastConfig(pack_tokens=1, verify=False))
-    fast.last_logits(INPUTS, _prompt(lm64, template))
-    ids = [ids for ids, _ in lm64.sequences(Template.parse(template), INPUTS)]
-    head = common_prefix_length(ids)
-    assert head >= 4
-    # every row holds one example; the head ran once (as keys/values), not once per row
-    assert fast.stats["tokens_run"] == fast.stats["tokens_total"] - head * (len(INPUTS) - 1)
 
 
 def test_candidates_and_manual_templates(lm64):
