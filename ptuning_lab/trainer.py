@@ -146,7 +146,7 @@ class Trainer:
         self.progress = progress
         self.steps_per_epoch = math.ceil(len(task.train) / self.config.batch_size)
         self.total_steps = self.config.max_steps or self.config.num_epochs * self.steps_per_epoch
-        self.optimizer = _adamw(encoder.parameters(), self.config.lr, self.config.weight_decay, lm.device)
+        self.optimizer = _adamw(encoder.parameters(), self.config.lr, self.config.weight_decay)
         warmup = int(self.config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _linear_warmup(s, warmup, self.total_steps))
         self.gold = dict(zip([ex.target for ex in task.train], first_token_ids(lm, [ex.target for ex in task.train]).tolist()))
@@ -196,10 +196,12 @@ class Trainer:
             loss.backward()
         # the whole step is queued before the one wait for the device: a fused AdamW skips its update
         # on the device when the loss is not finite (found_inf), so the check needs no wait in between
-        fused = self.optimizer.defaults.get("fused")
+        # (per group: a state resumed from an unfused optimizer brings its groups' fused=None back)
+        fused = all(group.get("fused") for group in self.optimizer.param_groups)
         if fused:
             self.optimizer.found_inf = (~torch.isfinite(loss.detach())).float()
         else:
+            self.optimizer.__dict__.pop("found_inf", None)     # the unfused step refuses one
             value = loss.item()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.config.grad_clip)
@@ -370,8 +372,8 @@ class Trainer:
         self.best_dev, self.bad_evals = meta["best_dev"], meta["bad_evals"]
 
 
-def _adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused (one kernel for all parameters, found_inf honoured) where this torch has it for ``device``."""
+def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel for all parameters, found_inf honoured) where this torch has it for them."""
     params = list(params)
     try:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
