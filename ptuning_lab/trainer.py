@@ -199,8 +199,7 @@ class Trainer:
         self.progress = progress
         self.steps_per_epoch = math.ceil(len(task.train) / self.config.batch_size)
         self.total_steps = self.config.max_steps or self.config.num_epochs * self.steps_per_epoch
-        self.optimizer = torch.optim.AdamW(encoder.parameters(), lr=self.config.lr,
-                                           weight_decay=self.config.weight_decay)
+        self.optimizer = _adamw(encoder.parameters(), self.config.lr, self.config.weight_decay)
         warmup = int(self.config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _linear_warmup(s, warmup, self.total_steps))
         self.gold = dict(zip([ex.target for ex in task.train], first_token_ids(lm, [ex.target for ex in task.train]).tolist()))
@@ -271,15 +270,24 @@ class Trainer:
         else:
             loss = self.loss(examples)
             loss.backward()
-        # one wait for the device per step, after the backward is queued (a check between the
-        # forward and the backward would leave a GPU idle while the host queues the backward)
-        value = loss.item()
+        # the whole step is queued before the one wait for the device: a fused AdamW skips its update
+        # on the device when the loss is not finite (found_inf), so the check needs no wait in between
+        # (per group: a state resumed from an unfused optimizer brings its groups' fused=None back)
+        fused = all(group.get("fused") for group in self.optimizer.param_groups)
+        if fused:
+            self.optimizer.found_inf = (~torch.isfinite(loss.detach())).float()
+        else:
+            self.optimizer.__dict__.pop("found_inf", None)     # the unfused step refuses one
+            value = loss.item()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.config.grad_clip)
+        if fused or math.isfinite(value):
+            self.optimizer.step()
+        if fused:
+            value = loss.item()
         if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)           # the encoder is left as it was
             raise FloatingPointError(f"the training loss became {value} at step {self.step}")
-        if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.config.grad_clip)
-        self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return value
@@ -461,6 +469,15 @@ def _check_arguments(lm, encoder, task, config) -> None:
 
 class TrainerArgumentError(ValueError):
     """A Trainer argument of the wrong kind (a name where an object is needed); the message says what to pass."""
+
+
+def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel for all parameters, found_inf honoured) where this torch has it for them."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):          # no fused kernel for this device or parameter dtype
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def _linear_warmup(step: int, warmup: int, total: int) -> float:

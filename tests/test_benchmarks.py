@@ -111,3 +111,31 @@ def test_fewglue_benchmark_majority_relations_and_quick_fewglue(tiny_model_dir, 
     # columns in FewGLUE order, cb first: train's labels tie (one each), so 'contradiction' (first by name) is
     # predicted; 1 of the fixture's 4 val labels is contradiction
     assert "| majority | 25.0 |" in text and "cb f1_macro" in text and "multirc em" in text
+
+
+def test_vs_peft_times_the_bare_model_and_counts_flops(vs_peft, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert vs_peft.main(["--device", "cpu", "--model", "llama-tiny", "--batch-size", "4", "--eval-batch-size", "4",
+                         "--repeats", "1", "--warmup", "1", "--no-tta", "--no-extras", "--methods", "direct",
+                         "--bare", "--flops", "--pack-tokens", "512,1", "--json", str(out)]) == 0
+    ratios = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("RATIO")]
+    assert len(ratios) == 2 and all("ours / ceiling" in ln for ln in ratios)
+    results = json.loads(out.read_text())["results"]
+    assert {"ours-direct", "ours-direct-pack1", "peft-direct", "bare"} == set(results)
+    # counted, not estimated: PEFT runs every token and the full-vocabulary logits, the fast path fewer
+    flops = {name: r["step_flops"] for name, r in results.items()}
+    assert all(f > 0 for f in flops.values())
+    assert flops["ours-direct"] < flops["peft-direct"]
+
+
+@pytest.mark.parametrize("shape, billions", [("gpt2-small", 0.124), ("smollm2-1.7b", 1.71), ("llama3-8b", 8.03)])
+def test_vs_peft_shapes_have_the_named_models_sizes(vs_peft, shape, billions):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    spec = dict(vs_peft.SHAPES[shape])
+    kind = spec.pop("kind")
+    with torch.device("meta"):          # shapes only, no memory
+        model = GPT2LMHeadModel(GPT2Config(**spec)) if kind == "gpt2" else LlamaForCausalLM(LlamaConfig(**spec))
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n / 1e9 - billions) / billions < 0.01, n

@@ -5,6 +5,8 @@ on tiny random GPT-2 and Llama models: the constant-prefix cache, the shared hea
 examples into one row, and the trainer and evaluation wired to them.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -25,6 +27,7 @@ TEMPLATES = [
     "The capital of [X] is [P]*4",            # suffix: everything before [P] is cached per input
     "[P]*4 The capital of [X] is",            # PEFT's layout: a long shared head
     "The capital of [X] [P]*2 is [P]",        # [P]s in the middle, text between them
+    "The [P]*2 capital of [X] is [P]",        # a cached prefix, then a shared head with [P]s in it
     # two named slots (filled from dicts, see _inputs)
     "[premise] Question: [hypothesis] True, False or Neither? [P]*3",   # both slots in the cached prefix
     "[P]*2 [passage] Question: [question]? [P]*2 Answer:",              # shared head, [P]s between slots
@@ -398,3 +401,39 @@ def test_compiled_model_gives_the_same_logits_and_gradients(kind, tokenizer):
             _close(g_got, g_ref)
     assert graphs, "dynamo traced nothing: the model did not run compiled"
     compiled.begin_step()          # a no-op off the GPU
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_non_finite_step_changes_nothing_fused_or_not(lm64, fused):
+    """The fused AdamW skips a non-finite step on the device (no wait before it); an unfused one (e.g.
+    groups resumed from a state saved without fused) is checked on the host first. Either way the
+    encoder, the optimizer's moments and step counts, and the schedule stay as they were."""
+    import copy
+
+    task = _toy_task()
+    enc = build_encoder("mlp", 3, lm64.embedding.detach(), init="vocab", seed=0).double()
+    trainer = Trainer(lm64, enc, task, "[P]*2 Direction of [X] is [P]", TrainConfig(lr=1e-2, batch_size=4),
+                      progress=False)
+    assert all(group["fused"] for group in trainer.optimizer.param_groups)      # this torch has it on a CPU
+    if not fused:
+        for group in trainer.optimizer.param_groups:
+            group["fused"] = None
+    batch = task.train[:4]
+    trainer.train_step(batch)
+    encoder = copy.deepcopy(enc.state_dict())
+    state = copy.deepcopy(trainer.optimizer.state_dict()["state"])
+    lr_step = trainer.scheduler.last_epoch
+    real_loss = trainer.loss
+    trainer.loss = lambda examples: real_loss(examples) * float("nan")
+    with pytest.raises(FloatingPointError, match="nan"):
+        trainer.train_step(batch)
+    for name, value in enc.state_dict().items():
+        assert torch.equal(value, encoder[name]), name
+    for key, values in trainer.optimizer.state_dict()["state"].items():
+        for name, value in values.items():
+            assert torch.equal(value, state[key][name]), name
+    assert trainer.scheduler.last_epoch == lr_step
+    trainer.loss = real_loss
+    before = copy.deepcopy(enc.state_dict())
+    assert math.isfinite(trainer.train_step(batch))                       # and training goes on
+    assert any(not torch.equal(v, before[k]) for k, v in enc.state_dict().items())
