@@ -70,7 +70,7 @@ def candidate_logprobs(lm: FrozenLM, template, inputs: Sequence[str], answers: S
     context = _Context(lm, batch, prompt)
     if log_probs is None:
         log_probs = _float(lm.head(context.last_hidden)).log_softmax(-1)
-    first = torch.tensor([ids[0] for ids in answer_ids], device=log_probs.device)
+    first = torch.tensor([ids[0] for ids in answer_ids], dtype=torch.long, device=log_probs.device)
     scores = log_probs[:, first].clone()                                   # (B, A), first tokens only so far
     plan = _Continuations(answer_ids)
     if not plan.rows:
@@ -245,6 +245,8 @@ def score(lm: FrozenLM, template, examples, prompt, answers: Sequence[str] | Non
     hits, loss_sum, cand_hits, exact = 0, 0.0, 0, 0
     gold_labels, pred_labels = [], []
     answers = list(answers) if answers is not None else None
+    # a multiple-choice task has no task-wide answers: each example brings its own choices
+    rank = bool(answers) and kind != "multiple_choice"
     for chunk in _batches(examples, batch_size):
         inputs = list(chunk)              # the examples themselves: each template slot reads its field
         # a multiple-choice example made by hand may leave target empty: its gold choice is the answer
@@ -252,7 +254,7 @@ def score(lm: FrozenLM, template, examples, prompt, answers: Sequence[str] | Non
         log_probs = logits_fn(inputs).log_softmax(-1)
         hits += int((log_probs.argmax(-1) == gold).sum())
         loss_sum += float(F.nll_loss(log_probs, gold, reduction="sum"))
-        if answers is not None:
+        if rank:
             picked = best_candidates(lm, template, inputs, answers, prompt, log_probs)
             cand_hits += sum(answers[p] == ex.target for p, ex in zip(picked, chunk))
         if kind == "relation" and "exact_match" in metrics:
@@ -273,7 +275,9 @@ def score(lm: FrozenLM, template, examples, prompt, answers: Sequence[str] | Non
     n = len(examples)
     out = {"n": n, "p_at_1": hits / n, "loss": loss_sum / n}
     if answers is not None:
-        out["candidate_accuracy"] = cand_hits / n
+        # multiple choice: the candidates are the example's choices, so this is the choice accuracy
+        out["candidate_accuracy"] = cand_hits / n if rank else \
+            sum(p == g for p, g in zip(pred_labels, gold_labels)) / n
     if kind == "relation" and "exact_match" in metrics:
         out["exact_match"] = exact / n
     if kind != "relation":
