@@ -29,10 +29,19 @@
 # cells on a handful of examples.
 
 # %%
-# Setup: on Colab this installs ptuning_lab; locally (`make lab`) and on Binder it is already installed.
-import subprocess, sys
+# Setup. On Colab: installs ptuning_lab from PTUNING_LAB_SOURCE (default: the line below), keeping the
+# versions Colab ships where they suffice. Locally (`make lab`) and on Binder it is installed already.
+import os, subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ptuning_lab[viz] @ git+https://github.com/ptuning-lab/ptuning_lab@main"], check=True)
+    SOURCE = os.environ.get("PTUNING_LAB_SOURCE", "git+https://github.com/ptuning-lab/ptuning_lab@main")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", SOURCE]).returncode:
+        raise RuntimeError(f"pip could not install ptuning_lab from {SOURCE} (its message is above): check "
+                           "the address, or set os.environ['PTUNING_LAB_SOURCE'] and run this cell again")
+    import importlib, importlib.util; importlib.invalidate_caches()   # the package alone is there now
+    installer = os.path.join(importlib.util.find_spec("ptuning_lab").submodule_search_locations[0], "course.py")
+    if subprocess.run([sys.executable, installer, "colab-install"]).returncode:   # its dependencies
+        raise RuntimeError("ptuning_lab's set-up stopped: the message above says why and what to do")
+    from ptuning_lab import course; course.colab_session()   # widgets on, GPT-2 as the model
 
 # %%
 import pandas as pd
