@@ -183,37 +183,41 @@ print(t.num_virtual_tokens, t.manual_text())
 # 2. Write two more phrasings of the capital probe. Can you beat the best one above on the test split?
 # 3. Which capitals does the manual prompt get wrong? Print the subject, the answer and the model's top token.
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# w = lm.tokenize(" river")[0]
-# t = pl.nearest_tokens(E[w], E, strings, k=5)          # all three metrics
-# t["norm"] = E[t["token_id"].to_numpy()].norm(dim=1).numpy()
-# t.pivot(index="rank", columns="metric", values="token")
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+w = lm.tokenize(" river")[0]
+t = pl.nearest_tokens(E[w], E, strings, k=5)          # all three metrics
+t["norm"] = E[t["token_id"].to_numpy()].norm(dim=1).numpy()
+t.pivot(index="rank", columns="metric", values="token")
+
+# %% [markdown] tags=["solution"]
 # `dot` favours long vectors (a large norm inflates the inner product), `l2` favours vectors of a
 # similar length, `cosine` ignores length: they agree when the neighbours have similar norms.
 #
 # **2.**
-# ```python
-# for p in ["The capital of the country [X] is", "[X]. Its capital city is"]:
-#     print(p, pl.evaluate(lm, p, capital.test)["p_at_1"])
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+for p in ["The capital of the country [X] is", "[X]. Its capital city is"]:
+    print(p, pl.evaluate(lm, p, capital.test)["p_at_1"])
+
+# %% [markdown] tags=["solution"]
 # Whatever you find, check it on the dev split first: choosing a phrasing on the test split makes
 # its score optimistic.
 #
 # **3.**
-# ```python
-# preds = lm.predict_next(capital.template, [ex.input for ex in capital.test], k=1)
-# for ex, top in zip(capital.test, preds):
-#     if top[0][0].strip() != lm.tokenizer.decode(lm.answer_ids(ex.target)[:1]).strip():
-#         print(f"{ex.input:<25} {ex.target:<15} -> {top[0][0]!r}")
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+preds = lm.predict_next(capital.template, [ex.input for ex in capital.test], k=1)
+for ex, top in zip(capital.test, preds):
+    if top[0][0].strip() != lm.tokenizer.decode(lm.answer_ids(ex.target)[:1]).strip():
+        print(f"{ex.input:<25} {ex.target:<15} -> {top[0][0]!r}")
 
 # %% [markdown]
 # **Next:** [02 · Direct prompt tuning](02_direct_prompt_tuning.ipynb)

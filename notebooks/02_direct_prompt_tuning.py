@@ -166,36 +166,39 @@ figures.nearest_token_heatmap(result.prompt, E, strings, k=5)
 # 2. Raise the learning rate ten times (`lr=3e-2`). How far do the vectors drift now, and does accuracy follow?
 # 3. Use fewer virtual tokens: `"[P] The capital of [X] is [P]"`. What changes in accuracy and in decoding?
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# rand = pl.build_encoder("direct", 6, E, init="random", tokenize=lm.tokenize, seed=0)
-# r_rand = pl.Trainer(lm, rand, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
-# figures.training_curves({"text init": [result.history], "random init": [r_rand.history]})
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+rand = pl.build_encoder("direct", 6, E, init="random", tokenize=lm.tokenize, seed=0)
+r_rand = pl.Trainer(lm, rand, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+figures.training_curves({"text init": [result.history], "random init": [r_rand.history]})
+
+# %% [markdown] tags=["solution"]
 # Compare where the two curves start and where they end: the step-0 scores in section 1 already
 # differ, and the curves show whether the gap closes within this budget.
 #
 # **2.**
-# ```python
-# fast = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
-# r_fast = pl.Trainer(lm, fast, task, template, pl.TrainConfig(lr=3e-2, **SIZE.train_kwargs()), progress=False).fit()
-# d = pl.drift_metrics(r_fast.prompt, E, stats, strings).table
-# print(d[["norm_ratio", "max_cosine", "nearest_token"]], r_fast.best_dev)
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+fast = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
+r_fast = pl.Trainer(lm, fast, task, template, pl.TrainConfig(lr=3e-2, **SIZE.train_kwargs()), progress=False).fit()
+d = pl.drift_metrics(r_fast.prompt, E, stats, strings).table
+print(d[["norm_ratio", "max_cosine", "nearest_token"]], r_fast.best_dev)
+
+# %% [markdown] tags=["solution"]
 # **3.**
-# ```python
-# t2 = "[P] The capital of [X] is [P]"
-# enc2 = pl.build_encoder("direct", 2, E, init=pl.default_init(t2), tokenize=lm.tokenize, seed=0)
-# r2 = pl.Trainer(lm, enc2, task, t2, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
-# print(r2.best_dev, pl.manifold.decode_prompt(r2.prompt, E, strings))
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+t2 = "[P] The capital of [X] is [P]"
+enc2 = pl.build_encoder("direct", 2, E, init=pl.default_init(t2), tokenize=lm.tokenize, seed=0)
+r2 = pl.Trainer(lm, enc2, task, t2, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+print(r2.best_dev, pl.manifold.decode_prompt(r2.prompt, E, strings))
 
 # %% [markdown]
 # **Next:** [03 · P-tuning: MLP and LSTM prompt encoders](03_p_tuning_encoders.ipynb)

@@ -157,37 +157,40 @@ drift[["norm_ratio", "nearest_token", "max_cosine", "nn_l2_ratio"]].round(3)
 # 2. Build the MLP in PEFT's form, `config=pl.MLPConfig(residual=False)`. Where does its prompt start? Decode `encoder()` before training.
 # 3. Add a `direct` run to the map and to the dashboard.
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# small = pl.build_encoder("lstm", 6, E, init=init, tokenize=lm.tokenize, seed=0,
-#                          config=pl.LSTMConfig(num_layers=1, encoder_hidden_size=64))
-# print(small.num_trainable_parameters())
-# r = pl.Trainer(lm, small, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
-# print(r.best_dev)
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+small = pl.build_encoder("lstm", 6, E, init=init, tokenize=lm.tokenize, seed=0,
+                         config=pl.LSTMConfig(num_layers=1, encoder_hidden_size=64))
+print(small.num_trainable_parameters())
+r = pl.Trainer(lm, small, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+print(r.best_dev)
+
+# %% [markdown] tags=["solution"]
 # **2.**
-# ```python
-# peft_like = pl.build_encoder("mlp", 6, E, init=init, tokenize=lm.tokenize, seed=0,
-#                              config=pl.MLPConfig(residual=False))
-# print(pl.manifold.decode_prompt(peft_like(), E, strings))
-# print(pl.drift_metrics(peft_like().detach(), E, stats).table[["norm_ratio", "max_cosine"]])
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+peft_like = pl.build_encoder("mlp", 6, E, init=init, tokenize=lm.tokenize, seed=0,
+                             config=pl.MLPConfig(residual=False))
+print(pl.manifold.decode_prompt(peft_like(), E, strings))
+print(pl.drift_metrics(peft_like().detach(), E, stats).table[["norm_ratio", "max_cosine"]])
+
+# %% [markdown] tags=["solution"]
 # Without the residual form the initial prompt is `f(x)` of a randomly initialised network: it is
 # not the init text and sits far from every token.
 #
 # **3.**
-# ```python
-# results["direct"] = pl.Trainer(lm, encoders["direct"], task, template, pl.TrainConfig(**SIZE.train_kwargs()),
-#                                progress=False).fit()
-# widgets.RunDashboard(results, projection, E, strings).widget
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+results["direct"] = pl.Trainer(lm, encoders["direct"], task, template, pl.TrainConfig(**SIZE.train_kwargs()),
+                               progress=False).fit()
+widgets.RunDashboard(results, projection, E, strings).widget
 
 # %% [markdown]
 # **Next:** [04 · MLP vs LSTM vs direct: the comparison, with seeds](04_mlp_vs_lstm_vs_direct.ipynb)

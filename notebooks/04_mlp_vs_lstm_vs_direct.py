@@ -216,36 +216,41 @@ px.bar(x=list(range(len(norms))), y=norms.tolist(), labels={"x": "layer", "y": "
 # 2. Prompt tuning usually needs a much larger learning rate than an encoder. Give `direct` `lr=3e-2`: does the gap close?
 # 3. Use 5 seeds and twice the steps. Does the verdict change?
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
 # Load it and run the cells from section 1 on with it:
-# ```python
-# task = pl.load_task("language", max_examples=SIZE.max_examples)
-# template, init = pl.default_template(task.template), pl.default_init(pl.default_template(task.template))
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+task = pl.load_task("language", max_examples=SIZE.max_examples)
+template, init = pl.default_template(task.template), pl.default_init(pl.default_template(task.template))
+
+# %% [markdown] tags=["solution"]
 # **2.**
-# ```python
-# for seed in range(SIZE.seeds):
-#     enc = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=seed)
-#     config = pl.TrainConfig(seed=seed, lr=3e-2, **SIZE.train_kwargs(SIZE.compare_steps))
-#     r = pl.Trainer(lm, enc, task, template, config, progress=False).fit()
-#     print(seed, pl.evaluate(lm, template, task.test, r.prompt.to(lm.device))["p_at_1"])
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+for seed in range(SIZE.seeds):
+    enc = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=seed)
+    config = pl.TrainConfig(seed=seed, lr=3e-2, **SIZE.train_kwargs(SIZE.compare_steps))
+    r = pl.Trainer(lm, enc, task, template, config, progress=False).fit()
+    print(seed, pl.evaluate(lm, template, task.test, r.prompt.to(lm.device))["p_at_1"])
+
+# %% [markdown] tags=["solution"]
 # A fair comparison tunes each method's learning rate on the dev split, not on the test split.
 #
 # **3.**
-# ```python
-# import dataclasses
-# SIZE = dataclasses.replace(SIZE, seeds=5, compare_steps=2 * SIZE.compare_steps)
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+import dataclasses
+SIZE = dataclasses.replace(SIZE, seeds=5, compare_steps=2 * SIZE.compare_steps)
+
+# %% [markdown] tags=["solution"]
 # Then run the cells from section 1 on again. The same comparison from the command line, with run
 # directories and an HTML report: `ptuning-lab compare --task capital --seeds 5 --out runs/compare`.
-#
-# </details>
 
 # %% [markdown]
 # **Next:** [05 · Decoding learned prompts](05_decoding_learned_prompts.ipynb)

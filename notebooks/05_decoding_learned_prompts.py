@@ -170,32 +170,35 @@ else:
 # 2. Snap only the vectors that are already close to a token (cosine > 0.9) and keep the others. What is the dev P@1?
 # 3. Compare the faithfulness of a `direct` prompt with the MLP's: train one and call `snap_report` on it.
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# target = "The capital city of the country"
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+target = "The capital city of the country"
+
+# %% [markdown] tags=["solution"]
 # Then run the three cells of section 3 again.
 #
 # **2.**
-# ```python
-# near = pl.drift_metrics(prompt, E, stats).table["max_cosine"].to_numpy() > 0.9
-# mixed = prompt.clone()
-# mixed[torch.from_numpy(near)] = snapped[torch.from_numpy(near)]
-# print(near, dev_p_at_1(mixed))
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+near = pl.drift_metrics(prompt, E, stats).table["max_cosine"].to_numpy() > 0.9
+mixed = prompt.clone()
+mixed[torch.from_numpy(near)] = snapped[torch.from_numpy(near)]
+print(near, dev_p_at_1(mixed))
+
+# %% [markdown] tags=["solution"]
 # **3.**
-# ```python
-# enc = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
-# r = pl.Trainer(lm, enc, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
-# pl.snap_report(dev_p_at_1, r.prompt.to(lm.device), E, token_strings=strings)
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+enc = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
+r = pl.Trainer(lm, enc, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+pl.snap_report(dev_p_at_1, r.prompt.to(lm.device), E, token_strings=strings)
 
 # %% [markdown]
 # **Next:** [06 · Classification with templates, anchors and verbalizers](06_nlu_with_verbalizers.ipynb)

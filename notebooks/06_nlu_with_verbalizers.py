@@ -134,34 +134,38 @@ for name, run in runs.items():
 # 2. Training optimises the first token of the label word over the whole vocabulary, while candidate accuracy compares only the label words. Which metric moves more during training? Compare `test_p_at_1` and `test_candidate_accuracy` of the runs above.
 # 3. Classify your own sentences: write a `text,label` CSV (see notebook 07 for files) and train on it.
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# mine = pl.load_task("polarity", max_examples=SIZE.max_examples, verbalizer={"positive": "nice", "negative": "awful"})
-# run = pl.train_one(lm, mine, encoder="mlp", template=variants["with anchor"], init="auto", seed=0,
-#                    train=SIZE.train_kwargs(), progress=False)
-# print(run.metrics["test_candidate_accuracy"])
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+mine = pl.load_task("polarity", max_examples=SIZE.max_examples, verbalizer={"positive": "nice", "negative": "awful"})
+run = pl.train_one(lm, mine, encoder="mlp", template=variants["with anchor"], init="auto", seed=0,
+                   train=SIZE.train_kwargs(), progress=False)
+print(run.metrics["test_candidate_accuracy"])
+
+# %% [markdown] tags=["solution"]
 # **2.**
-# ```python
-# pd.DataFrame({name: {k: run.metrics[k] for k in ("test_p_at_1", "test_candidate_accuracy")} for name, run in runs.items()})
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+pd.DataFrame({name: {k: run.metrics[k] for k in ("test_p_at_1", "test_candidate_accuracy")} for name, run in runs.items()})
+
+# %% [markdown] tags=["solution"]
 # **3.**
-# ```python
-# from pathlib import Path
-# rows = ["text,label"] + [f"{w},positive" for w in ["lovely", "superb", "delightful", "splendid", "charming"]] \
-#        + [f"{w},negative" for w in ["awful", "dreadful", "horrid", "nasty", "vile"]]
-# Path("my_words.csv").write_text("# template: The word \"[X]\" means something\n" + "\n".join(rows) + "\n")
-# mine = pl.load_task("my_words.csv", verbalizer={"positive": "good", "negative": "bad"})
-# print(pl.evaluate(lm, mine.template, mine.test, answers=mine.answers))
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+import tempfile
+from pathlib import Path
+rows = ["text,label"] + [f"{w},positive" for w in ["lovely", "superb", "delightful", "splendid", "charming"]] \
+       + [f"{w},negative" for w in ["awful", "dreadful", "horrid", "nasty", "vile"]]
+words = Path(tempfile.mkdtemp()) / "my_words.csv"
+words.write_text("# template: The word \"[X]\" means something\n" + "\n".join(rows) + "\n")
+mine = pl.load_task(words, verbalizer={"positive": "good", "negative": "bad"})
+print(pl.evaluate(lm, mine.template, mine.test, answers=mine.answers))
 
 # %% [markdown]
 # **Next:** [07 · Bring your own relation](07_bring_your_own_relation.ipynb)

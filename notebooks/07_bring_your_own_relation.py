@@ -158,43 +158,48 @@ figures.nearest_token_heatmap(result.prompt, E, strings, k=5)
 # 2. The same city file as classification: label each city by continent, with a `text,label` file and a verbalizer.
 # 3. Which cities does the P-tuned prompt still get wrong? Are they small, or do they share a name with another place?
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# import json
-# lines = [{"template": "[X] was written in"}] + [{"subject": s, "object": o} for s, o in
-#          [("Don Quixote", "Spanish"), ("War and Peace", "Russian"), ("Faust", "German"), ("Hamlet", "English"),
-#           ("The Divine Comedy", "Italian"), ("Les Misérables", "French")]]
-# Path("books.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
-# books = pl.load_task("books.jsonl")
-# print(books.summary())
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+import json
+lines = [{"template": "[X] was written in"}] + [{"subject": s, "object": o} for s, o in
+         [("Don Quixote", "Spanish"), ("War and Peace", "Russian"), ("Faust", "German"), ("Hamlet", "English"),
+          ("The Divine Comedy", "Italian"), ("Les Misérables", "French")]]
+books_file = Path(tempfile.mkdtemp()) / "books.jsonl"
+books_file.write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+books = pl.load_task(books_file)
+print(books.summary())
+
+# %% [markdown] tags=["solution"]
 # Six rows are enough to load; a useful evaluation needs many more (each split gets 20%).
 #
 # **2.**
-# ```python
-# cont = {c["iso"]: c["continentcode"] for c in gc.get_countries().values()}
-# names = {"EU": "Europe", "AS": "Asia", "AF": "Africa", "NA": "America", "SA": "America", "OC": "Oceania"}
-# with open("city_continent.csv", "w", newline="") as f:
-#     f.write("# template: [X] is a city in\n")
-#     csv.writer(f).writerows([("text", "label")] + [(c["name"], names[cont[c["countrycode"]]])
-#                             for c in {c["name"]: c for c in cities[:400]}.values()])
-# cc = pl.load_task("city_continent.csv", max_examples=SIZE.max_examples)
-# print(cc.summary(), pl.evaluate(lm, cc.template, cc.test, answers=cc.answers))
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+cont = {c["iso"]: c["continentcode"] for c in gc.get_countries().values()}
+names = {"EU": "Europe", "AS": "Asia", "AF": "Africa", "NA": "America", "SA": "America", "OC": "Oceania"}
+cc_file = Path(tempfile.mkdtemp()) / "city_continent.csv"
+with open(cc_file, "w", newline="") as f:
+    f.write("# template: [X] is a city in\n")
+    csv.writer(f).writerows([("text", "label")] + [(c["name"], names[cont[c["countrycode"]]])
+                            for c in {c["name"]: c for c in cities[:400]}.values()])
+cc = pl.load_task(cc_file, max_examples=SIZE.max_examples)
+print(cc.summary(), pl.evaluate(lm, cc.template, cc.test, answers=cc.answers))
+
+# %% [markdown] tags=["solution"]
 # **3.**
-# ```python
-# top = lm.predict_next(template, [ex.input for ex in task.test], k=1, prompt=result.prompt.to(lm.device))
-# for ex, t in zip(task.test, top):
-#     if not (" " + ex.target).startswith(t[0][0]):
-#         print(f"{ex.input:<20} {ex.target:<20} -> {t[0][0]!r}")
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+top = lm.predict_next(template, [ex.input for ex in task.test], k=1, prompt=result.prompt.to(lm.device))
+for ex, t in zip(task.test, top):
+    if not (" " + ex.target).startswith(t[0][0]):
+        print(f"{ex.input:<20} {ex.target:<20} -> {t[0][0]!r}")
 
 # %% [markdown]
 # **Back to the start:** [01 · The vocabulary manifold](01_vocabulary_manifold.ipynb)

@@ -196,6 +196,61 @@ def on_colab() -> bool:
     return "google.colab" in sys.modules
 
 
+# ---------------------------------------------------------------------------------------- handouts
+SOLUTION_TAG = "solution"
+HANDOUTS_MARKER = ".ptuning_lab_handouts"
+
+
+def build_handouts(out, notebooks=None) -> dict[str, list[Path]]:
+    """Write the student and the solution version of every lesson into ``out/student`` and ``out/solutions``.
+
+    The student version drops every cell tagged ``solution`` (nbconvert's TagRemovePreprocessor); the
+    solution version keeps them, opened. Outputs are cleared in both. ``out`` is replaced only if this
+    function wrote it (it holds ``.ptuning_lab_handouts``); anything else there is refused, untouched.
+    The new copy is written beside ``out`` and renamed into place. Returns the files per version.
+    """
+    import shutil
+
+    import nbformat
+    from nbconvert.preprocessors import ClearOutputPreprocessor, TagRemovePreprocessor
+
+    out = Path(out).resolve()
+    if out.exists() and not (out / HANDOUTS_MARKER).is_file():
+        raise FileExistsError(f"{out} exists and was not written by build_handouts: choose another --out, "
+                              "or remove it yourself")
+    notebooks = list(notebook_files() if notebooks is None else notebooks)
+    if not notebooks:
+        raise FileNotFoundError(f"no lessons ({NOTEBOOK_GLOB}) found to build handouts from")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    remove = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG})
+    clear = ClearOutputPreprocessor()
+    written: dict[str, list[Path]] = {"student": [], "solutions": []}
+    for path in notebooks:
+        for version in written:
+            nb = nbformat.read(path, as_version=4)
+            nb, _ = clear.preprocess(nb, {})
+            if version == "student":
+                nb, _ = remove.preprocess(nb, {})
+            else:
+                for cell in nb.cells:
+                    cell.metadata.get("jupyter", {}).pop("source_hidden", None)
+            target = staging / version / Path(path).name
+            target.parent.mkdir(exist_ok=True)
+            nbformat.write(nb, target)
+            written[version].append(out / version / target.name)
+    (staging / HANDOUTS_MARKER).write_text("written by ptuning_lab.course.build_handouts; replaced on each build\n")
+    if out.exists():
+        old = out.with_name(f".{out.name}-old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)
+    return written
+
+
 # ---------------------------------------------------------------------------------------- colab
 _SETUP_CELL = """\
 # Setup. On Colab: installs ptuning_lab from PTUNING_LAB_SOURCE (default: the line below), keeping the
@@ -314,9 +369,19 @@ def colab_session(model: str = "gpt2") -> None:
 
 
 def _main(argv: list[str]) -> int:
-    # `python course.py colab-install`: run by the set-up cell, before the dependencies exist
+    # `python course.py colab-install`: run by the set-up cell, before the dependencies exist;
+    # `python -m ptuning_lab.course handouts DIR`: run by `make handouts`
+    if len(argv) == 2 and argv[0] == "handouts":
+        try:
+            written = build_handouts(argv[1])
+        except (FileExistsError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for version, files in written.items():
+            print(f"{version}: {len(files)} notebooks in {files[0].parent}")
+        return 0
     if argv != ["colab-install"]:
-        print("usage: python course.py colab-install", file=sys.stderr)
+        print("usage: python course.py colab-install | python -m ptuning_lab.course handouts DIR", file=sys.stderr)
         return 2
     try:
         changed = colab_install()
@@ -337,5 +402,5 @@ __all__ = ["REPO", "BRANCH", "NOTEBOOK_DIR", "NOTEBOOK_GLOB", "SIZE_ENV", "Size"
            "size_fields", "colab_url", "binder_url", "badges_markdown", "pip_spec", "notebook_path", "notebooks_dir",
            "notebook_files", "prewarm", "on_colab", "SOURCE_ENV", "MODEL_ENV", "default_source", "setup_cell",
            "ColabSetupError", "installed_versions", "requirements_for", "colab_install", "restart_note",
-           "colab_session"]
+           "colab_session", "SOLUTION_TAG", "build_handouts"]
 

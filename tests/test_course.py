@@ -174,10 +174,50 @@ def test_the_installer_runs_as_a_file_without_the_package_or_its_dependencies(tm
     (line,) = log.read_text().splitlines()
     assert " -m pip install -q -c " in line and "ipywidgets" in line
     bad = subprocess.run([sys.executable, str(COURSE_PY), "colab-instal"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "usage: python course.py colab-install" in bad.stderr
+    assert bad.returncode == 2 and "usage: python course.py colab-install |" in bad.stderr
 
 
 def test_no_module_of_the_package_shadows_the_standard_library():
     # `python ptuning_lab/course.py` puts ptuning_lab/ first on sys.path
     names = {p.stem for p in COURSE_PY.parent.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
     assert not names & set(sys.stdlib_module_names), names & set(sys.stdlib_module_names)
+
+
+# ------------------------------------------------------------------ handouts
+def test_handouts_drop_the_solutions_for_students_and_open_them_for_the_key(tmp_path):
+    import nbformat
+
+    out = tmp_path / "handouts"
+    written = course.build_handouts(out)
+    lessons = course.notebook_files()
+    assert [p.name for p in written["student"]] == [p.name for p in lessons] == [p.name for p in written["solutions"]]
+    for lesson, student, key in zip(lessons, written["student"], written["solutions"]):
+        original = nbformat.read(lesson, as_version=4).cells
+        is_solution = [course.SOLUTION_TAG in c.metadata.get("tags", []) for c in original]
+        s_cells, k_cells = nbformat.read(student, as_version=4).cells, nbformat.read(key, as_version=4).cells
+        # the student copy is the lesson minus exactly its solution cells, in order
+        assert [c.source for c in s_cells] == [c.source for c, sol in zip(original, is_solution) if not sol]
+        assert sum(is_solution) >= 4 and not any("## Solutions" in c.source for c in s_cells)
+        # the key holds every cell, the solutions opened, and no stored output
+        assert [c.source for c in k_cells] == [c.source for c in original]
+        assert not any(c.metadata.get("jupyter", {}).get("source_hidden") for c in k_cells)
+        assert all(c.get("outputs", []) == [] for c in s_cells + k_cells)
+
+
+def test_handouts_replace_only_what_they_wrote(tmp_path):
+    lesson = course.notebook_files()[:1]
+    mine = tmp_path / "my_notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not written by build_handouts"):
+        course.build_handouts(mine, lesson)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    out = tmp_path / "h"
+    course.build_handouts(out, lesson)
+    (out / "student" / "stale.ipynb").write_text("{}")
+    course.build_handouts(out, lesson)                              # a rebuild replaces the earlier build whole
+    assert sorted(p.name for p in (out / "student").iterdir()) == [lesson[0].name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h", "my_notes"]   # no staging folder left
+    done = subprocess.run([sys.executable, "-m", "ptuning_lab.course", "handouts", str(mine)], capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
