@@ -27,6 +27,8 @@
 # reached, otherwise the embedded SmolLM2-135M, which works offline (the load cell prints which).
 # The default *lesson* size takes a few minutes on a laptop CPU; `PTUNING_LAB_SIZE=ci` runs the same
 # cells on a handful of examples.
+#
+# On Binder (about 2 GB of memory) shut down any other lesson's kernel first (*Kernel > Shut Down Kernel*): one lesson's kernel holds 1.1-1.4 GB.
 
 # %%
 # Setup. On Colab: installs ptuning_lab from PTUNING_LAB_SOURCE (default: the line below), keeping the

@@ -239,6 +239,7 @@ def test_urls_come_from_one_setting(monkeypatch):
 def test_each_lesson_opens_with_goals_and_setup_and_closes_with_exercises(path):
     cells = read(path)["cells"]
     assert cells[0]["cell_type"] == "markdown" and "**What you will learn**" in source(cells[0])
+    assert "shut down any other lesson's kernel first" in source(cells[0])      # Binder's ~2 GB holds one
     # the Colab set-up (tests/test_course.py runs it with Colab simulated), the same in every lesson
     assert cells[1]["cell_type"] == "code" and source(cells[1]) == course.setup_cell(), (
         f"the first code cell of {path.name} differs from ptuning_lab.course.setup_cell(): replace it in "
