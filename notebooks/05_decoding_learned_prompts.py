@@ -27,12 +27,23 @@
 # reached, otherwise the embedded SmolLM2-135M, which works offline (the load cell prints which).
 # The default *lesson* size takes a few minutes on a laptop CPU; `PTUNING_LAB_SIZE=ci` runs the same
 # cells on a handful of examples.
+#
+# On Binder (about 2 GB of memory) shut down any other lesson's kernel first (*Kernel > Shut Down Kernel*): one lesson's kernel holds 1.1-1.4 GB.
 
 # %%
-# Setup: on Colab this installs ptuning_lab; locally (`make lab`) and on Binder it is already installed.
-import subprocess, sys
+# Setup. On Colab: installs ptuning_lab from PTUNING_LAB_SOURCE (default: the line below), keeping the
+# versions Colab ships where they suffice. Locally (`make lab`) and on Binder it is installed already.
+import os, subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ptuning_lab[viz] @ git+https://github.com/ptuning-lab/ptuning_lab@main"], check=True)
+    SOURCE = os.environ.get("PTUNING_LAB_SOURCE", "git+https://github.com/ptuning-lab/ptuning_lab@main")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", SOURCE]).returncode:
+        raise RuntimeError(f"pip could not install ptuning_lab from {SOURCE} (its message is above): check "
+                           "the address, or set os.environ['PTUNING_LAB_SOURCE'] and run this cell again")
+    import importlib, importlib.util; importlib.invalidate_caches()   # the package alone is there now
+    installer = os.path.join(importlib.util.find_spec("ptuning_lab").submodule_search_locations[0], "course.py")
+    if subprocess.run([sys.executable, installer, "colab-install"]).returncode:   # its dependencies
+        raise RuntimeError("ptuning_lab's set-up stopped: the message above says why and what to do")
+    from ptuning_lab import course; course.colab_session()   # widgets on, GPT-2 as the model
 
 # %%
 import pandas as pd
@@ -161,32 +172,35 @@ else:
 # 2. Snap only the vectors that are already close to a token (cosine > 0.9) and keep the others. What is the dev P@1?
 # 3. Compare the faithfulness of a `direct` prompt with the MLP's: train one and call `snap_report` on it.
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# target = "The capital city of the country"
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+target = "The capital city of the country"
+
+# %% [markdown] tags=["solution"]
 # Then run the three cells of section 3 again.
 #
 # **2.**
-# ```python
-# near = pl.drift_metrics(prompt, E, stats).table["max_cosine"].to_numpy() > 0.9
-# mixed = prompt.clone()
-# mixed[torch.from_numpy(near)] = snapped[torch.from_numpy(near)]
-# print(near, dev_p_at_1(mixed))
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+near = pl.drift_metrics(prompt, E, stats).table["max_cosine"].to_numpy() > 0.9
+mixed = prompt.clone()
+mixed[torch.from_numpy(near)] = snapped[torch.from_numpy(near)]
+print(near, dev_p_at_1(mixed))
+
+# %% [markdown] tags=["solution"]
 # **3.**
-# ```python
-# enc = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
-# r = pl.Trainer(lm, enc, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
-# pl.snap_report(dev_p_at_1, r.prompt.to(lm.device), E, token_strings=strings)
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+enc = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
+r = pl.Trainer(lm, enc, task, template, pl.TrainConfig(**SIZE.train_kwargs()), progress=False).fit()
+pl.snap_report(dev_p_at_1, r.prompt.to(lm.device), E, token_strings=strings)
 
 # %% [markdown]
 # **Next:** [06 · Classification with templates, anchors and verbalizers](06_nlu_with_verbalizers.ipynb)

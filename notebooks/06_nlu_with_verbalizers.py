@@ -28,12 +28,23 @@
 # reached, otherwise the embedded SmolLM2-135M, which works offline (the load cell prints which).
 # The default *lesson* size takes a few minutes on a laptop CPU; `PTUNING_LAB_SIZE=ci` runs the same
 # cells on a handful of examples.
+#
+# On Binder (about 2 GB of memory) shut down any other lesson's kernel first (*Kernel > Shut Down Kernel*): one lesson's kernel holds 1.1-1.4 GB.
 
 # %%
-# Setup: on Colab this installs ptuning_lab; locally (`make lab`) and on Binder it is already installed.
-import subprocess, sys
+# Setup. On Colab: installs ptuning_lab from PTUNING_LAB_SOURCE (default: the line below), keeping the
+# versions Colab ships where they suffice. Locally (`make lab`) and on Binder it is installed already.
+import os, subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ptuning_lab[viz] @ git+https://github.com/ptuning-lab/ptuning_lab@main"], check=True)
+    SOURCE = os.environ.get("PTUNING_LAB_SOURCE", "git+https://github.com/ptuning-lab/ptuning_lab@main")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", SOURCE]).returncode:
+        raise RuntimeError(f"pip could not install ptuning_lab from {SOURCE} (its message is above): check "
+                           "the address, or set os.environ['PTUNING_LAB_SOURCE'] and run this cell again")
+    import importlib, importlib.util; importlib.invalidate_caches()   # the package alone is there now
+    installer = os.path.join(importlib.util.find_spec("ptuning_lab").submodule_search_locations[0], "course.py")
+    if subprocess.run([sys.executable, installer, "colab-install"]).returncode:   # its dependencies
+        raise RuntimeError("ptuning_lab's set-up stopped: the message above says why and what to do")
+    from ptuning_lab import course; course.colab_session()   # widgets on, GPT-2 as the model
 
 # %%
 import pandas as pd
@@ -125,34 +136,38 @@ for name, run in runs.items():
 # 2. Training optimises the first token of the label word over the whole vocabulary, while candidate accuracy compares only the label words. Which metric moves more during training? Compare `test_p_at_1` and `test_candidate_accuracy` of the runs above.
 # 3. Classify your own sentences: write a `text,label` CSV (see notebook 07 for files) and train on it.
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# mine = pl.load_task("polarity", max_examples=SIZE.max_examples, verbalizer={"positive": "nice", "negative": "awful"})
-# run = pl.train_one(lm, mine, encoder="mlp", template=variants["with anchor"], init="auto", seed=0,
-#                    train=SIZE.train_kwargs(), progress=False)
-# print(run.metrics["test_candidate_accuracy"])
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+mine = pl.load_task("polarity", max_examples=SIZE.max_examples, verbalizer={"positive": "nice", "negative": "awful"})
+run = pl.train_one(lm, mine, encoder="mlp", template=variants["with anchor"], init="auto", seed=0,
+                   train=SIZE.train_kwargs(), progress=False)
+print(run.metrics["test_candidate_accuracy"])
+
+# %% [markdown] tags=["solution"]
 # **2.**
-# ```python
-# pd.DataFrame({name: {k: run.metrics[k] for k in ("test_p_at_1", "test_candidate_accuracy")} for name, run in runs.items()})
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+pd.DataFrame({name: {k: run.metrics[k] for k in ("test_p_at_1", "test_candidate_accuracy")} for name, run in runs.items()})
+
+# %% [markdown] tags=["solution"]
 # **3.**
-# ```python
-# from pathlib import Path
-# rows = ["text,label"] + [f"{w},positive" for w in ["lovely", "superb", "delightful", "splendid", "charming"]] \
-#        + [f"{w},negative" for w in ["awful", "dreadful", "horrid", "nasty", "vile"]]
-# Path("my_words.csv").write_text("# template: The word \"[X]\" means something\n" + "\n".join(rows) + "\n")
-# mine = pl.load_task("my_words.csv", verbalizer={"positive": "good", "negative": "bad"})
-# print(pl.evaluate(lm, mine.template, mine.test, answers=mine.answers))
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+import tempfile
+from pathlib import Path
+rows = ["text,label"] + [f"{w},positive" for w in ["lovely", "superb", "delightful", "splendid", "charming"]] \
+       + [f"{w},negative" for w in ["awful", "dreadful", "horrid", "nasty", "vile"]]
+words = Path(tempfile.mkdtemp()) / "my_words.csv"
+words.write_text("# template: The word \"[X]\" means something\n" + "\n".join(rows) + "\n")
+mine = pl.load_task(words, verbalizer={"positive": "good", "negative": "bad"})
+print(pl.evaluate(lm, mine.template, mine.test, answers=mine.answers))
 
 # %% [markdown]
 # **Next:** [07 · Bring your own relation](07_bring_your_own_relation.ipynb)

@@ -27,12 +27,23 @@
 # reached, otherwise the embedded SmolLM2-135M, which works offline (the load cell prints which).
 # The default *lesson* size takes a few minutes on a laptop CPU; `PTUNING_LAB_SIZE=ci` runs the same
 # cells on a handful of examples.
+#
+# On Binder (about 2 GB of memory) shut down any other lesson's kernel first (*Kernel > Shut Down Kernel*): one lesson's kernel holds 1.1-1.4 GB.
 
 # %%
-# Setup: on Colab this installs ptuning_lab; locally (`make lab`) and on Binder it is already installed.
-import subprocess, sys
+# Setup. On Colab: installs ptuning_lab from PTUNING_LAB_SOURCE (default: the line below), keeping the
+# versions Colab ships where they suffice. Locally (`make lab`) and on Binder it is installed already.
+import os, subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ptuning_lab[viz] @ git+https://github.com/ptuning-lab/ptuning_lab@main"], check=True)
+    SOURCE = os.environ.get("PTUNING_LAB_SOURCE", "git+https://github.com/ptuning-lab/ptuning_lab@main")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", SOURCE]).returncode:
+        raise RuntimeError(f"pip could not install ptuning_lab from {SOURCE} (its message is above): check "
+                           "the address, or set os.environ['PTUNING_LAB_SOURCE'] and run this cell again")
+    import importlib, importlib.util; importlib.invalidate_caches()   # the package alone is there now
+    installer = os.path.join(importlib.util.find_spec("ptuning_lab").submodule_search_locations[0], "course.py")
+    if subprocess.run([sys.executable, installer, "colab-install"]).returncode:   # its dependencies
+        raise RuntimeError("ptuning_lab's set-up stopped: the message above says why and what to do")
+    from ptuning_lab import course; course.colab_session()   # widgets on, GPT-2 as the model
 
 # %%
 import pandas as pd
@@ -149,43 +160,48 @@ figures.nearest_token_heatmap(result.prompt, E, strings, k=5)
 # 2. The same city file as classification: label each city by continent, with a `text,label` file and a verbalizer.
 # 3. Which cities does the P-tuned prompt still get wrong? Are they small, or do they share a name with another place?
 
-# %% [markdown]
-# <details>
-# <summary><b>Solutions</b> (click to open)</summary>
+# %% [markdown] tags=["solution"]
+# ## Solutions
+#
+# Each code cell below is collapsed: click the bar at its left to open it. Try the exercise first;
+# an instructor's `make handouts` writes a copy of every lesson without this section.
 #
 # **1.**
-# ```python
-# import json
-# lines = [{"template": "[X] was written in"}] + [{"subject": s, "object": o} for s, o in
-#          [("Don Quixote", "Spanish"), ("War and Peace", "Russian"), ("Faust", "German"), ("Hamlet", "English"),
-#           ("The Divine Comedy", "Italian"), ("Les Misérables", "French")]]
-# Path("books.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n")
-# books = pl.load_task("books.jsonl")
-# print(books.summary())
-# ```
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+import json
+lines = [{"template": "[X] was written in"}] + [{"subject": s, "object": o} for s, o in
+         [("Don Quixote", "Spanish"), ("War and Peace", "Russian"), ("Faust", "German"), ("Hamlet", "English"),
+          ("The Divine Comedy", "Italian"), ("Les Misérables", "French")]]
+books_file = Path(tempfile.mkdtemp()) / "books.jsonl"
+books_file.write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+books = pl.load_task(books_file)
+print(books.summary())
+
+# %% [markdown] tags=["solution"]
 # Six rows are enough to load; a useful evaluation needs many more (each split gets 20%).
 #
 # **2.**
-# ```python
-# cont = {c["iso"]: c["continentcode"] for c in gc.get_countries().values()}
-# names = {"EU": "Europe", "AS": "Asia", "AF": "Africa", "NA": "America", "SA": "America", "OC": "Oceania"}
-# with open("city_continent.csv", "w", newline="") as f:
-#     f.write("# template: [X] is a city in\n")
-#     csv.writer(f).writerows([("text", "label")] + [(c["name"], names[cont[c["countrycode"]]])
-#                             for c in {c["name"]: c for c in cities[:400]}.values()])
-# cc = pl.load_task("city_continent.csv", max_examples=SIZE.max_examples)
-# print(cc.summary(), pl.evaluate(lm, cc.template, cc.test, answers=cc.answers))
-# ```
-#
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+cont = {c["iso"]: c["continentcode"] for c in gc.get_countries().values()}
+names = {"EU": "Europe", "AS": "Asia", "AF": "Africa", "NA": "America", "SA": "America", "OC": "Oceania"}
+cc_file = Path(tempfile.mkdtemp()) / "city_continent.csv"
+with open(cc_file, "w", newline="") as f:
+    f.write("# template: [X] is a city in\n")
+    csv.writer(f).writerows([("text", "label")] + [(c["name"], names[cont[c["countrycode"]]])
+                            for c in {c["name"]: c for c in cities[:400]}.values()])
+cc = pl.load_task(cc_file, max_examples=SIZE.max_examples)
+print(cc.summary(), pl.evaluate(lm, cc.template, cc.test, answers=cc.answers))
+
+# %% [markdown] tags=["solution"]
 # **3.**
-# ```python
-# top = lm.predict_next(template, [ex.input for ex in task.test], k=1, prompt=result.prompt.to(lm.device))
-# for ex, t in zip(task.test, top):
-#     if not (" " + ex.target).startswith(t[0][0]):
-#         print(f"{ex.input:<20} {ex.target:<20} -> {t[0][0]!r}")
-# ```
-#
-# </details>
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+top = lm.predict_next(template, [ex.input for ex in task.test], k=1, prompt=result.prompt.to(lm.device))
+for ex, t in zip(task.test, top):
+    if not (" " + ex.target).startswith(t[0][0]):
+        print(f"{ex.input:<20} {ex.target:<20} -> {t[0][0]!r}")
 
 # %% [markdown]
 # **Back to the start:** [01 · The vocabulary manifold](01_vocabulary_manifold.ipynb)

@@ -2,11 +2,14 @@
 
 Two things every notebook of ``notebooks/`` needs, kept here so they have one source:
 
-- **Links.** The Colab and Binder badges of each notebook (and the Colab install line) are built
-  from ``REPO`` and ``BRANCH``; ``notebooks/build.py`` writes them into the notebooks and
-  ``tests/test_notebooks.py`` checks that every badge matches these functions and points to a
-  notebook that exists. Moving the repository means changing two constants, then
-  ``python notebooks/build.py``.
+- **Links.** The Colab and Binder badges of each notebook and its first code cell (the Colab set-up,
+  :func:`setup_cell`) are built from ``REPO`` and ``BRANCH``; ``tests/test_notebooks.py`` checks that
+  every notebook carries them and that each badge points to a notebook that exists. Moving the
+  repository means changing two constants and pasting what the failing test prints.
+- **Colab.** The set-up cell installs the package alone, then runs this file as a script
+  (``python course.py colab-install``: only the standard library, since the dependencies are not
+  there yet), which installs the dependencies while keeping every version Colab ships that satisfies
+  them, then calls :func:`colab_session` (the custom widget manager on, GPT-2 as the model).
 - **Size.** One environment variable, ``PTUNING_LAB_SIZE``, picks how much a notebook trains:
   ``lesson`` (the default: meaningful numbers, a few minutes per notebook on a laptop CPU) or
   ``ci`` (the same code on a handful of examples and steps, so the test suite can execute every
@@ -22,9 +25,16 @@ Two things every notebook of ``notebooks/`` needs, kept here so they have one so
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import quote
+
+# Only the standard library at module level: the Colab set-up cell runs this file as a script
+# before the package's dependencies are installed.
 
 REPO = "ptuning-lab/ptuning_lab"
 BRANCH = "main"
@@ -33,6 +43,8 @@ NOTEBOOK_DIR = "notebooks"
 # `make test` (pytest collects the same directory) and checked by tests/test_notebooks.py.
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 SIZE_ENV = "PTUNING_LAB_SIZE"
+SOURCE_ENV = "PTUNING_LAB_SOURCE"
+MODEL_ENV = "PTUNING_LAB_MODEL"
 
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 BINDER_BADGE = "https://mybinder.org/badge_logo.svg"
@@ -68,9 +80,14 @@ def badges_markdown(name: str) -> str:
             f"[![Binder]({BINDER_BADGE})]({binder_url(name)})")
 
 
+def default_source() -> str:
+    """Where Colab installs ptuning_lab from by default: this repository at ``BRANCH``."""
+    return f"git+https://github.com/{REPO}@{BRANCH}"
+
+
 def pip_spec(extras: str = "viz") -> str:
     """What Colab installs: this repository's package at ``BRANCH``, with the figure extras."""
-    return f"ptuning_lab[{extras}] @ git+https://github.com/{REPO}@{BRANCH}"
+    return f"ptuning_lab[{extras}] @ {default_source()}"
 
 
 def notebooks_dir() -> Path:
@@ -176,12 +193,214 @@ def prewarm(lm=None, model: str = "auto", size: Size | None = None, umap: bool |
 
 def on_colab() -> bool:
     """True inside Google Colab."""
-    import sys
-
     return "google.colab" in sys.modules
+
+
+# ---------------------------------------------------------------------------------------- handouts
+SOLUTION_TAG = "solution"
+HANDOUTS_MARKER = ".ptuning_lab_handouts"
+
+
+def build_handouts(out, notebooks=None) -> dict[str, list[Path]]:
+    """Write the student and the solution version of every lesson into ``out/student`` and ``out/solutions``.
+
+    The student version drops every cell tagged ``solution`` (nbconvert's TagRemovePreprocessor); the
+    solution version keeps them, opened. Outputs are cleared in both. ``out`` is replaced only if this
+    function wrote it (it holds ``.ptuning_lab_handouts``); anything else there is refused, untouched.
+    The new copy is written beside ``out`` and renamed into place. Returns the files per version.
+    """
+    import shutil
+
+    import nbformat
+    from nbconvert.preprocessors import ClearOutputPreprocessor, TagRemovePreprocessor
+
+    out = Path(out).resolve()
+    if out.exists() and not (out / HANDOUTS_MARKER).is_file():
+        raise FileExistsError(f"{out} exists and was not written by build_handouts: choose another --out, "
+                              "or remove it yourself")
+    notebooks = list(notebook_files() if notebooks is None else notebooks)
+    if not notebooks:
+        raise FileNotFoundError(f"no lessons ({NOTEBOOK_GLOB}) found to build handouts from")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    remove = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG})
+    clear = ClearOutputPreprocessor()
+    written: dict[str, list[Path]] = {"student": [], "solutions": []}
+    for path in notebooks:
+        for version in written:
+            nb = nbformat.read(path, as_version=4)
+            nb, _ = clear.preprocess(nb, {})
+            if version == "student":
+                nb, _ = remove.preprocess(nb, {})
+            else:
+                for cell in nb.cells:
+                    cell.metadata.get("jupyter", {}).pop("source_hidden", None)
+            target = staging / version / Path(path).name
+            target.parent.mkdir(exist_ok=True)
+            nbformat.write(nb, target)
+            written[version].append(out / version / target.name)
+    (staging / HANDOUTS_MARKER).write_text("written by ptuning_lab.course.build_handouts; replaced on each build\n")
+    if out.exists():
+        old = out.with_name(f".{out.name}-old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)
+    return written
+
+
+# ---------------------------------------------------------------------------------------- colab
+_SETUP_CELL = """\
+# Setup. On Colab: installs ptuning_lab from PTUNING_LAB_SOURCE (default: the line below), keeping the
+# versions Colab ships where they suffice. Locally (`make lab`) and on Binder it is installed already.
+import os, subprocess, sys
+if "google.colab" in sys.modules:
+    SOURCE = os.environ.get("PTUNING_LAB_SOURCE", "{source}")
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", SOURCE]).returncode:
+        raise RuntimeError(f"pip could not install ptuning_lab from {{SOURCE}} (its message is above): check "
+                           "the address, or set os.environ['PTUNING_LAB_SOURCE'] and run this cell again")
+    import importlib, importlib.util; importlib.invalidate_caches()   # the package alone is there now
+    installer = os.path.join(importlib.util.find_spec("ptuning_lab").submodule_search_locations[0], "course.py")
+    if subprocess.run([sys.executable, installer, "colab-install"]).returncode:   # its dependencies
+        raise RuntimeError("ptuning_lab's set-up stopped: the message above says why and what to do")
+    from ptuning_lab import course; course.colab_session()   # widgets on, GPT-2 as the model"""
+
+
+def setup_cell() -> str:
+    """The first code cell of every notebook: installs the package on Colab, does nothing elsewhere.
+
+    It stays a stand-alone snippet because on Colab the package is not importable when it starts: it
+    installs the package alone (``--no-deps``, nothing else changes), runs this file as a script for
+    the dependencies (:func:`colab_install`), then calls :func:`colab_session`.
+    """
+    return _SETUP_CELL.format(source=default_source())
+
+
+class ColabSetupError(RuntimeError):
+    """The Colab install could not finish; the message says why and what to do."""
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_versions() -> dict[str, str]:
+    """``{normalized distribution name: version}`` of everything importable in this interpreter."""
+    import importlib.metadata as md
+
+    found = {}
+    for dist in md.distributions():
+        name = dist.metadata["Name"]
+        if name and _norm(name) not in found:           # the first on sys.path is the one imported
+            found[_norm(name)] = dist.version
+    return found
+
+
+def requirements_for(extras=("viz",), package: str = "ptuning_lab") -> list[str]:
+    """The installed ``package``'s requirements with ``extras`` (pip requirement strings, extra markers removed)."""
+    import importlib.metadata as md
+
+    wanted, out = set(extras), []
+    for line in md.requires(package) or []:
+        req, _, marker = line.partition(";")
+        extra = re.fullmatch(r"\s*extra\s*==\s*[\"']([^\"']+)[\"']\s*", marker)
+        if _norm(re.split(r"[\s\[<>=!~@(]", req.strip(), maxsplit=1)[0]) == _norm(package):
+            continue                                     # ptuning_lab[...] of the "all" extra
+        if not marker.strip():
+            out.append(req.strip())
+        elif extra:
+            if extra.group(1) in wanted:
+                out.append(req.strip())
+        else:
+            out.append(line.strip())                     # pip evaluates other markers itself
+    return out
+
+
+def colab_install(extras=("viz",), run=subprocess.run, installed=installed_versions,
+                  requirements=requirements_for) -> list[str]:
+    """Install the installed package's dependencies without changing what Colab ships, where possible.
+
+    First with every installed distribution pinned to its version (a pip constraints file): this adds
+    what is missing and upgrades nothing. Only when that cannot be resolved (a requirement newer than
+    Colab's copy, e.g. ``ipywidgets>=8`` over Colab's 7.x) pip installs again without the pins, upgrading
+    only what does not satisfy a requirement. Returns the preinstalled distributions whose version
+    changed, as ``"name old -> new"``: the kernel may hold their old code, so the session needs a restart.
+    Raises :class:`ColabSetupError` when pip fails.
+    """
+    before, reqs = installed(), requirements(extras)
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    with tempfile.NamedTemporaryFile("w", suffix="-colab-versions.txt", delete=False) as f:
+        f.write("".join(f"{n}=={v}\n" for n, v in sorted(before.items()) if n != "ptuning-lab"))
+    try:
+        if run(pip + ["-c", f.name, *reqs]).returncode == 0:
+            return []
+    finally:
+        os.unlink(f.name)
+    print("ptuning_lab needs newer versions of some packages than this runtime has: installing them "
+          "(pip upgrades only those)", flush=True)
+    if run(pip + reqs).returncode != 0:
+        raise ColabSetupError("pip could not install ptuning_lab's dependencies (its message is above). Run "
+                              "Runtime > Disconnect and delete runtime, then run the notebook again from the top; "
+                              "if it fails again, open an issue with pip's message.")
+    after = installed()
+    return [f"{n} {before[n]} -> {after[n]}" for n in sorted(before) if n in after and after[n] != before[n]]
+
+
+def restart_note(changed: list[str]) -> str:
+    """What to tell the student when :func:`colab_install` had to upgrade a preinstalled package."""
+    return ("ptuning_lab is installed, but it upgraded packages this runtime had already: " + ", ".join(changed)
+            + ". Restart the session once (Runtime > Restart session), then run the notebook from the top: this "
+            "cell then finds everything installed and changes nothing.")
+
+
+def colab_session(model: str = "gpt2") -> None:
+    """After the install, in the notebook's kernel: widgets that render on Colab, and the model to load.
+
+    Colab draws ipywidgets and plotly's widgets only with its custom widget manager. ``auto`` would
+    probe the hub and fall back to the embedded model, which is not installed on Colab, so
+    ``PTUNING_LAB_MODEL`` is set to GPT-2 unless the student set it already.
+    """
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    os.environ.setdefault(MODEL_ENV, model)
+
+
+def _main(argv: list[str]) -> int:
+    # `python course.py colab-install`: run by the set-up cell, before the dependencies exist;
+    # `python -m ptuning_lab.course handouts DIR`: run by `make handouts`
+    if len(argv) == 2 and argv[0] == "handouts":
+        try:
+            written = build_handouts(argv[1])
+        except (FileExistsError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for version, files in written.items():
+            print(f"{version}: {len(files)} notebooks in {files[0].parent}")
+        return 0
+    if argv != ["colab-install"]:
+        print("usage: python course.py colab-install | python -m ptuning_lab.course handouts DIR", file=sys.stderr)
+        return 2
+    try:
+        changed = colab_install()
+    except ColabSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if changed:
+        print(restart_note(changed), file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
 
 
 __all__ = ["REPO", "BRANCH", "NOTEBOOK_DIR", "NOTEBOOK_GLOB", "SIZE_ENV", "Size", "LESSON", "CI", "SIZES", "size",
            "size_fields", "colab_url", "binder_url", "badges_markdown", "pip_spec", "notebook_path", "notebooks_dir",
-           "notebook_files", "prewarm", "on_colab"]
+           "notebook_files", "prewarm", "on_colab", "SOURCE_ENV", "MODEL_ENV", "default_source", "setup_cell",
+           "ColabSetupError", "installed_versions", "requirements_for", "colab_install", "restart_note",
+           "colab_session", "SOLUTION_TAG", "build_handouts"]
 

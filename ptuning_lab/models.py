@@ -32,12 +32,17 @@ class ModelLoadError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Root of ptuning_lab's on-disk cache (``PTUNING_LAB_CACHE`` or the user cache dir)."""
+    """Root of ptuning_lab's on-disk cache: ``PTUNING_LAB_CACHE``, else the platform's user cache dir.
+
+    That is ``~/.cache/ptuning_lab`` on Linux (``$XDG_CACHE_HOME`` when set), ``~/Library/Caches/ptuning_lab``
+    on macOS and ``%LOCALAPPDATA%\\ptuning_lab\\Cache`` on Windows (platformdirs decides, as Jupyter does).
+    """
     env = os.environ.get("PTUNING_LAB_CACHE")
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ptuning_lab"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("ptuning_lab", appauthor=False))
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:

@@ -28,7 +28,6 @@ NB_DIR = ROOT / "notebooks"
 CHECK = "# NBVAL_CHECK_OUTPUT"
 PAIRING = "ipynb,py:percent"
 LINK = re.compile(r"\[(?P<text>!\[[^\]]*\]\([^)]*\)|[^\]]*)\]\((?P<url>[^)\s]+)\)")
-FENCE = re.compile(r"```python\n(.*?)```", re.S)
 
 NOTEBOOKS = course.notebook_files()
 
@@ -45,9 +44,8 @@ def code_cells(nb):
     return [source(c) for c in nb["cells"] if c["cell_type"] == "code"]
 
 
-def solution_blocks(nb) -> list[str]:
-    return [block for c in nb["cells"] if c["cell_type"] == "markdown" and "<summary><b>Solutions" in source(c)
-            for block in FENCE.findall(source(c))]
+def tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
 
 
 def rel(path: Path, root: Path = ROOT) -> str:
@@ -241,17 +239,24 @@ def test_urls_come_from_one_setting(monkeypatch):
 def test_each_lesson_opens_with_goals_and_setup_and_closes_with_exercises(path):
     cells = read(path)["cells"]
     assert cells[0]["cell_type"] == "markdown" and "**What you will learn**" in source(cells[0])
-    setup = source(cells[1])
-    # installs only on Colab, and installs this repository at the configured branch
-    assert cells[1]["cell_type"] == "code" and 'if "google.colab" in sys.modules:' in setup
-    assert course.pip_spec() in setup
+    assert "shut down any other lesson's kernel first" in source(cells[0])      # Binder's ~2 GB holds one
+    # the Colab set-up (tests/test_course.py runs it with Colab simulated), the same in every lesson
+    assert cells[1]["cell_type"] == "code" and source(cells[1]) == course.setup_cell(), (
+        f"the first code cell of {path.name} differs from ptuning_lab.course.setup_cell(): replace it in "
+        f"notebooks/{path.stem}.py with\n{course.setup_cell()}\nthen run `jupytext --sync notebooks/{path.stem}.py`")
     load = source(cells[2])
     assert "SIZE = course.size()" in load and "pl.FrozenLM.load()" in load
-    md = [source(c) for c in cells if c["cell_type"] == "markdown"]
-    assert any(t.startswith("## Exercises") for t in md)
-    solutions = [t for t in md if "<summary><b>Solutions" in t]
-    assert len(solutions) == 1 and solutions[0].startswith("<details>")        # collapsed until clicked
-    assert len(solution_blocks(read(path))) >= 1
+    exercises = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and source(c).startswith("## Exercises")]
+    assert len(exercises) == 1
+    # solutions are cells tagged `solution` (make handouts drops them; nbval runs them in make test),
+    # one block right after the exercises, opening with its heading; their code starts collapsed
+    tagged = [i for i, c in enumerate(cells) if course.SOLUTION_TAG in tags(c)]
+    assert tagged and tagged == list(range(exercises[0] + 1, tagged[-1] + 1)), "solution cells form one block after ## Exercises"
+    assert source(cells[tagged[0]]).startswith("## Solutions")
+    code = [cells[i] for i in tagged if cells[i]["cell_type"] == "code"]
+    assert len(code) >= 3, "a solution cell per exercise"
+    assert all(c["metadata"].get("jupyter", {}).get("source_hidden") is True for c in code)
+    assert not any("<details>" in source(c) for c in cells), "solutions are tagged cells now, not a <details> block"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -291,9 +296,7 @@ def test_cells_and_solutions_compile_and_name_real_library_api(path):
     from ptuning_lab import cli, figures, widgets
 
     modules = {"pl": pl, "cli": cli, "course": course, "figures": figures, "widgets": widgets}
-    nb = read(path)
-    pieces = code_cells(nb) + solution_blocks(nb)
-    for text in pieces:
+    for text in code_cells(read(path)):                 # the solution cells are code cells too
         tree = _mark_parents(ast.parse(text))          # a SyntaxError fails the test with the cell shown
         for root, *attrs in _attribute_chains(tree):
             obj = modules.get(root)
