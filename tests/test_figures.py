@@ -222,6 +222,27 @@ def test_nearest_token_heatmap(emb, strings, runs):
     np.testing.assert_allclose(z[:, 0], d.min(1).values.numpy(), atol=1e-4)
 
 
+def test_nearest_token_heatmap_has_a_fixed_scale_and_shows_the_baseline(emb, strings, monkeypatch, tmp_path):
+    monkeypatch.setenv("PTUNING_LAB_CACHE", str(tmp_path))
+    stats = M.vocab_stats(emb, "toy", subset=None, n_random=100)
+    # a prompt that is half real tokens, half vectors pointing away from every token (the mean's opposite)
+    far = -emb.mean(0, keepdim=True).repeat(2, 1) + 1e-3 * torch.arange(2.0)[:, None]
+    prompt = torch.cat([emb[[5, 9]], far])
+    fig = F.nearest_token_heatmap(prompt, emb, strings, k=3, stats=stats)
+    h = fig.data[0]
+    assert (h.zmin, h.zmax) == (0.0, 1.0)                  # cosine: the same scale whatever the prompt
+    base = M.decoding_baseline(prompt, emb, stats)
+    assert fig.layout.meta["random_percentile"] == base.random_percentile.tolist()
+    assert fig.layout.meta["meaningful"] == [True, True, False, False]
+    assert [a.text for a in fig.layout.annotations] == [f"{p:.0f}% of random" for p in base.random_percentile]
+    assert "2 of 4 rows" in fig.layout.title.text
+    lost = F.nearest_token_heatmap(far, emb, strings, k=3, stats=stats)
+    assert "not meaningful" in lost.layout.title.text
+    # L2's range comes from the vocabulary, not from the prompt
+    l2 = F.nearest_token_heatmap(prompt * 10, emb, strings, k=3, metric="l2").data[0]
+    assert (l2.zmin, l2.zmax) == pytest.approx((0.0, 2 * float(emb.norm(dim=1).mean())))
+
+
 # ------------------------------------------------------------------ waywardness and comparison
 def test_waywardness_sweep():
     rows = [{"gamma": g, "accuracy": a, "f1": f, "seed": s} for g, a, f, s in
