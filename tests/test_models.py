@@ -235,3 +235,13 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("PTUNING_LAB_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "ptuning_lab"
+
+
+def test_loading_a_local_model_shows_no_weight_loading_bar(tiny_model_dir, capfd):
+    from transformers.utils import logging as hf_logging
+
+    from ptuning_lab.models import load_model
+
+    load_model(str(tiny_model_dir), device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()           # switched back on for whatever loads next
