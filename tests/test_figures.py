@@ -203,6 +203,24 @@ def test_nn_cosine_distribution(stats, runs, emb):
     assert f"(token id {ids[2, 0]})" in fig.data[2].hovertext[2]
 
 
+def test_virtual_tokens_at_one_place_get_one_label(emb, strings, projection):
+    # "The capital of is is is": the last three virtual tokens start as one word, so one point
+    start = emb[[4, 8, 15, 16, 16, 16]]
+    fig = F.vocab_map(projection, {"mlp": start}, strings)
+    assert list(fig.data[3].text) == ["0", "1", "2", "3,4,5", "", ""]
+    assert F.maps.point_labels(np.array([[0.0, 1.0], [0.0, 1.0 + 1e-9], [2.0, 0.0]])) == ["0,1", "", "2"]
+
+
+def test_vocab_map_writes_common_words_on_the_map(emb, strings, projection):
+    fig = F.vocab_map(projection, None, strings, label_tokens=5)
+    word = M.word_like_mask(strings, min_length=3)
+    expected = [i for i in sorted(projection.token_ids) if word[i]][:5]
+    assert [a.text for a in fig.layout.annotations] == [M.readable_token(strings[i]) for i in expected]
+    at = {int(t): i for i, t in enumerate(projection.token_ids)}
+    assert [(a.x, a.y) for a in fig.layout.annotations] == [tuple(projection.coords[at[i]]) for i in expected]
+    assert not F.vocab_map(projection, None, strings, label_tokens=0).layout.annotations
+
+
 # ------------------------------------------------------------------ nearest-token heatmap
 def test_nearest_token_heatmap(emb, strings, runs):
     prompt = runs["mlp-seed0"].prompt
