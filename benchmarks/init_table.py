@@ -1,8 +1,11 @@
 """Where does a prompt start? Step-0 dev loss and P@1 of every init on every relation (and, optionally, after training).
 
 Usage:
-    HF_HUB_OFFLINE=1 python benchmarks/init_table.py                       # step 0 only: about a minute on 2 cores
+    HF_HUB_OFFLINE=1 python benchmarks/init_table.py                       # step 0 only: minutes on 2 cores
     HF_HUB_OFFLINE=1 python benchmarks/init_table.py --device cuda --train-steps 60   # also train an MLP from each
+
+On cores that other work keeps busy, ``OMP_NUM_THREADS=1`` makes it several times faster (6 min on
+2 lightly loaded cores, 15 min at a load average of 10 with 2 threads).
 
 For each relation (capital, continent, language, currency) and each init, the default template
 ``[P]*3 <manual> [P]*3`` is scored on the dev split with the prompt the encoder starts from: dev
