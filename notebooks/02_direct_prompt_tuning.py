@@ -79,7 +79,8 @@ print(torch.equal(encoder().detach(), E[[phrase[i % len(phrase)] for i in range(
 # What does the model read before training? How does that start compare with the manual prompt on
 # the dev split, with the template's words cycled over the six slots (the default before
 # `benchmarks/init_table.py` measured it), and with random vectors, which sit far from every token
-# (notebook 01)? The last row puts the same six words all *before* the manual text.
+# (notebook 01)? The last row puts the template's words, cycled, on six `[P]`s all *before* the
+# manual text, so nothing stands between "is" and the answer.
 
 # %%
 decoded = pl.manifold.decode_prompt(encoder(), E, strings)
@@ -89,7 +90,7 @@ before = "[P]*6 " + task.template
 starts = {"manual prompt": (task.template, None), "default init": (template, encoder().detach()),
           "words cycled": (template, pl.encoders.initial_prompt("text:" + words, 6, E, lm.tokenize)),
           "random init": (template, pl.encoders.initial_prompt("random", 6, E, seed=0)),
-          "all six before": (before, pl.encoders.initial_prompt(init, 6, E, lm.tokenize))}
+          "all six before": (before, pl.encoders.initial_prompt("text:" + words, 6, E, lm.tokenize))}
 step0 = pd.DataFrame({name: pl.evaluate(lm, tpl, task.dev, prompt) for name, (tpl, prompt) in starts.items()}).T
 step0[["p_at_1", "loss"]].rename(columns={"p_at_1": "dev P@1", "loss": "dev loss"}).round(3)
 

@@ -67,8 +67,8 @@ class DecodingBaseline:
 
 
 def _fmt(values: np.ndarray) -> str:
-    lo, hi = float(np.min(values)), float(np.max(values))
-    return f"{lo:.2f}" if abs(hi - lo) < 5e-3 else f"{lo:.2f}-{hi:.2f}"
+    lo, hi = f"{float(np.min(values)):.2f}", f"{float(np.max(values)):.2f}"
+    return lo if lo == hi else f"{lo}-{hi}"
 
 
 def _nearer_percent(reference: np.ndarray, x: np.ndarray, smaller_is_nearer: bool) -> np.ndarray:
