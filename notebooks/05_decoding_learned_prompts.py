@@ -163,6 +163,7 @@ def wayward_run(gamma):
             "dev loss": pl.evaluate(lm, template, task.dev, p)["loss"],
             "distance²": float(pl.waywardness_penalty(p, literal))}
 
+# %%
 free = wayward_run(0.0)
 gain = pl.evaluate(lm, template, task.dev, literal)["loss"] - free["dev loss"]
 gamma_star = max(gain, 1e-6) / max(free["distance²"], 1e-12)
