@@ -56,7 +56,7 @@ def test_train_one_returns_what_the_run_directory_holds(lm, task, tmp_path):
     for part in ("train", "eval"):                     # the saved history adds best_step and stopped
         assert run.history[part] == saved.history[part]
     assert run.metrics["encoder"] == "lstm" and run.metrics["seed"] == 1 and run.metrics["steps"] == 3
-    assert run.template == "[P]*3 The capital of [X] is [P]*3" and run.init == "text:The capital of is"
+    assert run.template == "[P]*3 The capital of [X] is [P]*3" and run.init == "text:The capital of is is is"
     assert run.metrics["trainable_params"] == run.encoder.num_trainable_parameters()
     assert "_result" not in run.metrics
 
