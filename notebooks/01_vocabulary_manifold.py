@@ -120,7 +120,7 @@ figures.nn_cosine_distribution(stats, {"random init": random_prompt}, E)
 #
 # `fit_projection` fits a 2-D map once per model (cached). PCA is linear, so a prompt placed on it
 # later lands exactly where its coordinates say; every notebook uses this one map so trajectories
-# are comparable. UMAP keeps cosine neighbourhoods instead (hover to read the tokens).
+# are comparable. UMAP keeps cosine neighbourhoods instead. Hover a point to read its token.
 
 # %%
 projection = pl.fit_projection(E, strings, lm.name, subset=SIZE.map_subset)
@@ -128,10 +128,18 @@ print("PCA: variance explained by the two axes", projection.explained_variance_r
 figures.vocab_map(projection, {"The capital of": E[lm.tokenize("The capital of")]}, strings, E,
                   max_vocab_points=SIZE.map_points)
 
+# %% [markdown]
+# The grey words are common tokens written where they land. UMAP is optional: fitting it takes
+# about a minute and a half on 2 busy cores at the lesson size the first time (then it is cached),
+# so the lesson fits it only when you set `FIT_UMAP = True` (the CI size always does, on a few
+# hundred tokens).
+
 # %%
-umap_map = pl.fit_projection(E, strings, lm.name, method="umap", subset=SIZE.umap_subset,
-                             n_epochs=SIZE.umap_epochs)
-figures.vocab_map(umap_map, None, strings, max_vocab_points=SIZE.map_points, title="UMAP (cosine)")
+FIT_UMAP = SIZE.name == "ci"       # True: also fit the UMAP map (cosine neighbourhoods)
+if FIT_UMAP:
+    umap_map = pl.fit_projection(E, strings, lm.name, method="umap", subset=SIZE.umap_subset,
+                                 n_epochs=SIZE.umap_epochs)
+    display(figures.vocab_map(umap_map, None, strings, max_vocab_points=SIZE.map_points, title="UMAP (cosine)"))
 
 # %% [markdown]
 # ## 2. Manual prompts as knowledge probes
@@ -149,22 +157,56 @@ for country, top in zip(countries, lm.predict_next("The capital of [X] is", coun
 # Four relations built from offline data, each with its manual template, scored on their test split:
 
 # %%
-rows = []
+rows, tasks = [], {}
 for name in ["capital", "continent", "language", "currency"]:
-    t = pl.load_task(name, max_examples=SIZE.max_examples)
+    tasks[name] = t = pl.load_task(name, max_examples=SIZE.max_examples)
     r = pl.evaluate(lm, t.template, t.test)
     rows.append({"task": name, "template": t.template, "test examples": r["n"], "P@1": round(r["p_at_1"], 3)})
-pd.DataFrame(rows)
+probes = pd.DataFrame(rows).set_index("task")
+probes
 
 # %% [markdown]
-# Manual prompts are brittle: the same question in other words gives other numbers. The best of
-# these is the baseline that P-tuning has to beat in the next notebooks.
+# P@1 asks for the answer's first token over the *whole* vocabulary. A low P@1 does not have to
+# mean the model lacks the fact: it may say something else first. What does it say on the weakest
+# relation? (*Candidate accuracy* ranks only the task's possible answers, the distinct objects of
+# its data, by their likelihood after the template.)
 
 # %%
-capital = pl.load_task("capital", max_examples=SIZE.max_examples)
+import collections
+weakest = probes["P@1"].idxmin()
+t = tasks[weakest]
+top = lm.predict_next(t.template, [ex.input for ex in t.test], k=3)
+for ex, preds in list(zip(t.test, top))[:4]:
+    print(f"{ex.input:<16} answer {ex.target!r:<11} model:", ", ".join(f"{tok!r} {p:.2f}" for tok, p in preds))
+first = collections.Counter(preds[0][0] for preds in top)
+said, times = first.most_common(1)[0]
+answers = sorted({ex.target for ex in t.test})
+candidates = pl.evaluate(lm, t.template, t.test, answers=t.answers)["candidate_accuracy"]
+print(f"\nOn '{weakest}' ({t.template!r}) the model's first word is {said!r} for {times} of {len(t.test)} test "
+      f"subjects; the answers are {', '.join(answers)}. P@1 is {probes.loc[weakest, 'P@1']:.3f}, yet ranking only its "
+      f"{len(t.answers)} possible answers it puts the right one first for {candidates:.0%} of them.")
+
+# %% [markdown]
+# Manual prompts are brittle: the same question in other words gives other numbers. A phrasing is
+# *chosen* on the dev split; the test split is then read once, for the chosen one only (choosing on
+# test would make its score optimistic).
+
+# %%
+capital = tasks["capital"]
 phrasings = ["The capital of [X] is", "The capital city of [X] is", "[X]'s capital is", "[X] has its capital in"]
-baseline = {p: pl.evaluate(lm, p, capital.test)["p_at_1"] for p in phrasings}
-pd.Series(baseline, name="test P@1").round(3)
+dev = pd.Series({p: pl.evaluate(lm, p, capital.dev)["p_at_1"] for p in phrasings}, name="dev P@1")
+chosen = dev.idxmax()
+dev.round(3)
+
+# %%
+chosen_test = pl.evaluate(lm, chosen, capital.test)["p_at_1"]
+own_test = probes.loc["capital", "P@1"]
+print(f"dev P@1 ranges from {dev.min():.3f} to {dev.max():.3f} over {len(phrasings)} phrasings. "
+      f"Chosen on dev: {chosen!r}, test P@1 {chosen_test:.3f}.")
+print(f"The baseline of every later lesson is the task's own template {capital.template!r} "
+      f"(dev P@1 {dev[capital.template]:.3f}, test P@1 {own_test:.3f}): the template P-tuning starts from, "
+      + ("which is also the dev choice here." if chosen == capital.template else
+         f"not the dev choice here, so a trained prompt is compared with the manual words it keeps."))
 
 # %% [markdown]
 # ## Looking ahead
@@ -182,7 +224,7 @@ print(t.num_virtual_tokens, t.manual_text())
 # ## Exercises
 #
 # 1. Find the neighbours of a word of your choice with all three metrics. Where do `l2` and `dot` disagree with `cosine`, and why? (Hint: look at the norms of the neighbours.)
-# 2. Write two more phrasings of the capital probe. Can you beat the best one above on the test split?
+# 2. Write two more phrasings of the capital probe. Can you beat the chosen one on the dev split, and does the test split agree?
 # 3. Which capitals does the manual prompt get wrong? Print the subject, the answer and the model's top token.
 
 # %% [markdown] tags=["solution"]
@@ -207,7 +249,7 @@ t.pivot(index="rank", columns="metric", values="token")
 
 # %% tags=["solution"] jupyter={"source_hidden": true}
 for p in ["The capital of the country [X] is", "[X]. Its capital city is"]:
-    print(p, pl.evaluate(lm, p, capital.test)["p_at_1"])
+    print(p, pl.evaluate(lm, p, capital.dev)["p_at_1"], pl.evaluate(lm, p, capital.test)["p_at_1"])
 
 # %% [markdown] tags=["solution"]
 # Whatever you find, check it on the dev split first: choosing a phrasing on the test split makes

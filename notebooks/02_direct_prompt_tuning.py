@@ -20,7 +20,7 @@
 # **What you will learn**
 #
 # - a template with virtual tokens `[P]`, and a prompt that is a free `(n, d)` parameter (prompt tuning, Lester et al. 2021);
-# - why the starting point matters: the template's own words against random vectors;
+# - why the starting point matters: what the model reads at step 0 from each init, measured;
 # - training with a live view of the loss, dev P@1 and the vectors on the vocabulary map;
 # - how far the trained vectors leave the manifold, and what they decode to.
 #
@@ -61,7 +61,7 @@ print(f"{lm.name}: vocabulary V = {lm.vocab_size:,}, width d = {lm.hidden_size}"
 # %%
 task = pl.load_task("capital", max_examples=SIZE.max_examples)
 template = pl.default_template(task.template)     # "[P]*3 The capital of [X] is [P]*3"
-init = pl.default_init(template)                   # start from the template's own words
+init = pl.default_init(template)                   # each [P] starts as the manual word beside it
 print(task.summary())
 print("template:", template, "| init:", init)
 
@@ -70,7 +70,8 @@ print("template:", template, "| init:", init)
 #
 # The `direct` prompt encoder holds one `(n, d)` matrix and returns it: each of the `n = 6`
 # virtual tokens is a free vector that the optimiser moves. The language model stays frozen; only
-# these `6 × d` numbers learn. We start them at the embeddings of the template's words.
+# these `6 × d` numbers learn. We start each one at the embedding of the manual word beside it
+# (`pl.default_init`): the three before the words as "The capital of", the three after as "is".
 
 # %%
 encoder = pl.build_encoder("direct", 6, E, init=init, tokenize=lm.tokenize, seed=0)
@@ -78,7 +79,7 @@ print(encoder, "| trainable parameters:", encoder.num_trainable_parameters())
 print("decoded start:", pl.manifold.decode_prompt(encoder(), E, strings))
 
 # %% [markdown]
-# At step 0 the prompt *is* the words' embeddings, cycled to six rows:
+# At step 0 the prompt *is* the embeddings of the init's tokens, one per row:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -86,16 +87,36 @@ phrase = lm.tokenize(init.removeprefix("text:"))
 print(torch.equal(encoder().detach(), E[[phrase[i % len(phrase)] for i in range(6)]]))
 
 # %% [markdown]
-# So before training the model reads *"The capital of | The capital of France is | is The capital"*:
-# the last three slots make an odd ending. How does that start compare with the manual prompt on
-# the dev split, and with random vectors, which sit far from every token (notebook 01)?
+# What does the model read before training? How does that start compare with the manual prompt on
+# the dev split, with the template's words cycled over the six slots (the default before
+# `benchmarks/init_table.py` measured it), and with random vectors, which sit far from every token
+# (notebook 01)? The last row puts the template's words, cycled, on six `[P]`s all *before* the
+# manual text, so nothing stands between "is" and the answer.
 
 # %%
-starts = {"manual prompt": (task.template, None), "text init": (template, encoder().detach()),
-          "random init": (template, pl.encoders.initial_prompt("random", 6, E, seed=0))}
-for name, (tpl, prompt) in starts.items():
-    r = pl.evaluate(lm, tpl, task.dev, prompt)
-    print(f"{name:<14} dev P@1 {r['p_at_1']:.3f}   dev loss {r['loss']:.2f}")
+decoded = pl.manifold.decode_prompt(encoder(), E, strings)
+print("the model reads:", repr("".join(decoded[:3]) + " The capital of France is" + "".join(decoded[3:])))
+words = " ".join(pl.Template.parse(template).manual_text().replace("[X]", " ").split())
+before = "[P]*6 " + task.template
+starts = {"manual prompt": (task.template, None), "default init": (template, encoder().detach()),
+          "words cycled": (template, pl.encoders.initial_prompt("text:" + words, 6, E, lm.tokenize)),
+          "random init": (template, pl.encoders.initial_prompt("random", 6, E, seed=0)),
+          "all six before": (before, pl.encoders.initial_prompt("text:" + words, 6, E, lm.tokenize))}
+step0 = pd.DataFrame({name: pl.evaluate(lm, tpl, task.dev, prompt) for name, (tpl, prompt) in starts.items()}).T
+step0[["p_at_1", "loss"]].rename(columns={"p_at_1": "dev P@1", "loss": "dev loss"}).round(3)
+
+# %%
+inits = step0.drop(["manual prompt", "all six before"])
+closest = inits["loss"].idxmin()
+print(f"Of the starts with [P]s after 'is', {closest!r} has the lowest dev loss ({inits.loss[closest]:.2f}; "
+      f"manual prompt {step0.loss['manual prompt']:.2f}, random {step0.loss['random init']:.2f}, "
+      f"words cycled {step0.loss['words cycled']:.2f}).")
+print(f"Their best dev P@1 at step 0 is {inits.p_at_1.max():.3f} against the manual prompt's "
+      f"{step0.p_at_1['manual prompt']:.3f}; with all six [P]s before the words it is "
+      f"{step0.p_at_1['all six before']:.3f}: " + (
+          "the [P]s between 'is' and the answer are what the model trips over; training has to teach it "
+          "to read past them." if step0.p_at_1["all six before"] > inits.p_at_1.max() else
+          "on this split the placement of the [P]s makes no difference at step 0."))
 
 # %% [markdown]
 # ## 2. Training, live
@@ -154,12 +175,21 @@ figures.vocab_map(projection, {"direct": result}, strings, E, max_vocab_points=S
 # %% [markdown]
 # ## 4. Decoding
 #
-# The nearest tokens of each trained vector, by cosine. When the vectors have moved only a little
-# they still decode to their starting words, even though the model now reads them differently:
-# the decoded text and the prompt are not the same thing (notebook 05 measures the gap).
+# The nearest tokens of each trained vector, by cosine, on a fixed colour scale (0 to 1). Beside
+# each row: the percent of random vectors whose best cosine to a token is no higher; only a row
+# above 95% is nearer to its token than chance.
 
 # %%
-figures.nearest_token_heatmap(result.prompt, E, strings, k=5)
+figures.nearest_token_heatmap(result.prompt, E, strings, k=5, stats=stats)
+
+# %%
+start_words = pl.manifold.decode_prompt(result.snapshots[0], E, strings)
+end_words = pl.manifold.decode_prompt(result.prompt, E, strings)
+same = sum(a == b for a, b in zip(start_words, end_words))
+print(pl.manifold.decoding_baseline(result.prompt, E, stats).summary())
+print(f"{same} of 6 vectors still decode to their starting word ({''.join(start_words)!r} -> "
+      f"{''.join(end_words)!r}), while test P@1 went from the manual {manual:.3f} to {tuned:.3f}: "
+      "the decoded text and the prompt are not the same thing (notebook 05 measures the gap).")
 
 # %% [markdown]
 # ## Exercises

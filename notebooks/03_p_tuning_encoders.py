@@ -60,7 +60,7 @@ print(f"{lm.name}: vocabulary V = {lm.vocab_size:,}, width d = {lm.hidden_size}"
 # %%
 task = pl.load_task("capital", max_examples=SIZE.max_examples)
 template = pl.default_template(task.template)     # "[P]*3 The capital of [X] is [P]*3"
-init = pl.default_init(template)                   # start from the template's own words
+init = pl.default_init(template)                   # each [P] starts as the manual word beside it
 print(task.summary())
 print("template:", template, "| init:", init)
 
@@ -70,7 +70,7 @@ print("template:", template, "| init:", init)
 # Each prompt encoder's `forward()` takes no input and returns the `(6, d)` prompt.
 # `direct` returns its parameter; `mlp` and `lstm` pass learnable inputs `x` through a network
 # `f` and add them back (`x + f(x)`, with `f`'s last layer starting at zero), so all three start
-# at exactly the same prompt: the template's words.
+# at exactly the same prompt: the init's words ("The capital of" before, "is" after).
 
 # %%
 encoders = {m: pl.build_encoder(m, 6, E, init=init, tokenize=lm.tokenize, seed=0) for m in ("direct", "mlp", "lstm")}

@@ -68,7 +68,7 @@ print(f"{lm.name}: vocabulary V = {lm.vocab_size:,}, width d = {lm.hidden_size}"
 # %%
 task = pl.load_task("capital", max_examples=SIZE.max_examples)
 template = pl.default_template(task.template)     # "[P]*3 The capital of [X] is [P]*3"
-init = pl.default_init(template)                   # start from the template's own words
+init = pl.default_init(template)                   # each [P] starts as the manual word beside it
 print(task.summary())
 print("template:", template, "| init:", init)
 

@@ -21,7 +21,8 @@
 #
 # - nearest-token decoding of a trained prompt with three metrics, and where they disagree;
 # - faithfulness: snap each vector to its nearest token and measure what the task loses;
-# - waywardness (Khashabi et al. 2022): a prompt can solve the task while decoding to an unrelated sentence; the trade-off with the weight γ, on a slider.
+# - waywardness (Khashabi et al. 2022): a prompt can solve the task while decoding to an unrelated sentence; a sweep of the weight γ that is placed from the run itself, on a slider;
+# - when decoding means something: each nearest-token score against random vectors of the same norm.
 #
 # Part 5 of 7 of the ptuning_lab course. The model is `auto`: GPT-2 where it can be
 # reached, otherwise the embedded SmolLM2-135M, which works offline (the load cell prints which).
@@ -60,7 +61,7 @@ print(f"{lm.name}: vocabulary V = {lm.vocab_size:,}, width d = {lm.hidden_size}"
 # %%
 task = pl.load_task("capital", max_examples=SIZE.max_examples)
 template = pl.default_template(task.template)     # "[P]*3 The capital of [X] is [P]*3"
-init = pl.default_init(template)                   # start from the template's own words
+init = pl.default_init(template)                   # each [P] starts as the manual word beside it
 print(task.summary())
 print("template:", template, "| init:", init)
 
@@ -89,7 +90,24 @@ table.query("rank == 0").pivot(index="virtual_token", columns="metric", values="
 # %%
 print("decoded (cosine):   ", repr("".join(pl.manifold.decode_prompt(prompt, E, strings))))
 print("decoded (word-like):", repr("".join(pl.manifold.decode_prompt(prompt, E, strings, word_like=True))))
-figures.nearest_token_heatmap(prompt, E, strings, k=5)
+figures.nearest_token_heatmap(prompt, E, strings, k=5, stats=stats)
+
+# %% [markdown]
+# Is a decoded token meaningful? Every vector has *some* nearest token. `decoding_baseline` puts
+# each best score next to random vectors of the same norm (the percent of them that are no nearer to
+# their nearest token) and next to real tokens (the percent of tokens no nearer to their nearest
+# other token). A vector that is not nearer than 95% of random vectors decodes to chance.
+
+# %%
+baseline = pl.manifold.decoding_baseline(prompt, E, stats)
+pd.DataFrame({"decoded": pl.manifold.decode_prompt(prompt, E, strings), "best cosine": baseline.best,
+              "% of random vectors no nearer": baseline.random_percentile,
+              "% of tokens no nearer": baseline.token_percentile, "meaningful": baseline.meaningful}).round(3)
+
+# %%
+print(baseline.summary())
+if not baseline.n_meaningful:
+    print("So the decoded text above says nothing about this prompt: read it as noise, not as what the prompt means.")
 
 # %% [markdown]
 # ## 2. Snap to the vocabulary: is the decoding faithful?
@@ -104,6 +122,16 @@ report = pl.snap_report(dev_p_at_1, prompt, E, token_strings=strings)
 print(f"trained prompt: dev P@1 {report['original']:.3f}")
 pd.DataFrame({"dev P@1 snapped": report["snapped"], "drop": report["drop"],
               "decoded": {m: "".join(t) for m, t in report["tokens"].items()}}).round(3)
+
+# %%
+start_p1 = dev_p_at_1(result.snapshots[0].to(lm.device))
+manual_dev = pl.evaluate(lm, task.template, task.dev)["p_at_1"]
+cos_snap = report["snapped"]["cosine"]
+print(f"Snapped by cosine, the prompt is the words {''.join(report['tokens']['cosine'])!r} and scores dev P@1 "
+      f"{cos_snap:.3f}, against {report['original']:.3f} trained. Snapping throws away what the vectors encode "
+      f"beyond their nearest token, and {baseline.n_meaningful} of {len(baseline.best)} vectors were nearer to it "
+      f"than chance. What is left is text with words between 'is' and the answer, as at step 0: the "
+      f"untrained start (also real words) scored {start_p1:.3f}, the manual prompt {manual_dev:.3f}.")
 
 # %% [markdown]
 # A snapped prompt is made of real rows of `E`, and snapping it again changes nothing:
@@ -121,6 +149,11 @@ print(torch.equal(snapped, E[ids.to(E.device)]), torch.equal(pl.snap_to_vocab(sn
 # it for the task with a penalty `γ · mean ‖p_i − t_i‖²` that keeps it near that sentence's
 # embeddings `t`: γ = 0 lets it wander, a large γ holds it on the text. For each γ: test P@1 and
 # the word F1 between the decoded prompt and the sentence.
+#
+# Where does γ start to matter? A fixed list of γ can miss it. We train once with γ = 0 and
+# measure how far the prompt wandered (`D0 = mean ‖p_i − t_i‖²`) and how much task loss it gained
+# (`ΔL`, dev loss of the sentence itself minus the trained one's). The penalty balances the gain
+# near `γ* = ΔL / D0`, so the sweep spans γ* / 100 to 10 γ*, which has to cross the trade-off.
 
 # %%
 target = "I like to eat green apples"
@@ -128,15 +161,27 @@ literal = pl.encoders.initial_prompt("text:" + target, 6, E, lm.tokenize).to(lm.
 print(f"the sentence itself as the prompt: test P@1 {pl.evaluate(lm, template, task.test, literal)['p_at_1']:.3f}")
 
 # %%
-sweep = []
-for gamma in SIZE.gammas:
+import numpy as np
+
+def wayward_run(gamma):
     enc = pl.build_encoder("mlp", 6, E, init="text:" + target, tokenize=lm.tokenize, seed=0)
     config = pl.TrainConfig(waywardness_gamma=gamma, waywardness_target=target, **SIZE.train_kwargs(SIZE.sweep_steps))
     r = pl.Trainer(lm, enc, task, template, config, progress=False).fit()
-    decoded = pl.manifold.decode_prompt(r.prompt, E, strings)
-    sweep.append({"gamma": gamma, "accuracy": pl.evaluate(lm, template, task.test, r.prompt.to(lm.device))["p_at_1"],
-                  "f1": pl.decoded_f1(decoded, target), "decoded": "".join(decoded)})
-pd.DataFrame(sweep).round(3)
+    p = r.prompt.to(lm.device)
+    decoded = pl.manifold.decode_prompt(p, E, strings)
+    return {"gamma": gamma, "accuracy": pl.evaluate(lm, template, task.test, p)["p_at_1"],
+            "f1": pl.decoded_f1(decoded, target), "decoded": "".join(decoded),
+            "dev loss": pl.evaluate(lm, template, task.dev, p)["loss"],
+            "distance²": float(pl.waywardness_penalty(p, literal))}
+
+# %%
+free = wayward_run(0.0)
+gain = pl.evaluate(lm, template, task.dev, literal)["loss"] - free["dev loss"]
+gamma_star = max(gain, 1e-6) / max(free["distance²"], 1e-12)
+gammas = [float(f"{g:.2g}") for g in gamma_star * np.logspace(-2, 1, len(SIZE.gammas) - 1)]
+print(f"γ = 0: D0 = {free['distance²']:.3g}, ΔL = {gain:.3f} -> γ* = {gamma_star:.3g}; sweeping γ over {gammas}")
+sweep = [free] + [wayward_run(g) for g in gammas]
+pd.DataFrame(sweep).round({"accuracy": 3, "f1": 3, "dev loss": 3, "distance²": 1})
 
 # %%
 figures.waywardness_sweep(sweep)
@@ -153,6 +198,21 @@ def show(gamma):
     print("the prompt reads:", repr(row["decoded"]))
 
 w.interact(show, gamma=w.SelectionSlider(options=[r["gamma"] for r in sweep], value=sweep[-1]["gamma"], description="γ"));
+
+# %%
+n_test = len(task.test)
+acc = np.array([r["accuracy"] for r in sweep])
+f1 = np.array([r["f1"] for r in sweep])
+noise = max(float(np.sqrt(acc.mean() * (1 - acc.mean()) / n_test)), 1 / n_test)   # sampling error of P@1
+lost, kept = acc.max() - acc[f1.argmax()], f1.max() - f1[acc.argmax()]
+if lost > 2 * noise and kept > 0.2:
+    print(f"A real trade-off: holding the sentence (F1 {f1.max():.2f}) costs {lost:.3f} of test P@1 "
+          f"({round(lost * n_test)} of {n_test} examples, more than twice the noise {noise:.3f}); the most accurate "
+          f"prompt keeps F1 {f1[acc.argmax()]:.2f}.")
+else:
+    print(f"No trade-off beyond the noise at this scale: over γ from 0 to {max(gammas):.2g} test P@1 moves by "
+          f"{acc.max() - acc.min():.3f} ({round((acc.max() - acc.min()) * n_test)} of {n_test} examples; noise "
+          f"{noise:.3f}) while F1 moves by {f1.max() - f1.min():.2f}.")
 
 # %%
 literal_p1 = pl.evaluate(lm, template, task.test, literal)["p_at_1"]

@@ -102,7 +102,7 @@ for v in verbalizers:
 # Start from a weak manual template, `"[X]" is a` (its score is in the table above), and let virtual
 # tokens surround the input. P-tuning's *anchors* are a few real words kept among the virtual
 # tokens; here the anchor is "means", the verb of the first template. Both variants start from
-# their template's own words and train for the same number of steps.
+# `init="auto"` (each `[P]` as the manual word beside it) and train for the same number of steps.
 
 # %%
 variants = {"virtual only": '[P]*3 "[X]" [P]*3', "with anchor": '[P]*3 "[X]" means [P]*3'}
@@ -121,6 +121,11 @@ gain = scores["with anchor"] - scores["virtual only"]
 n = len(task.test)
 what = "helped" if gain > 1 / n else ("hurt" if gain < -1 / n else "made no difference beyond one test example")
 print(f"In this run the anchor {what} ({gain:+.3f} on {n} test examples).")
+weak = scores['manual "[X]" is a']
+best_name = max(runs, key=lambda name: scores[name])
+repaired = scores[best_name] - weak
+print(f"P-tuning the weak template: {weak:.3f} manual -> {scores[best_name]:.3f} ({best_name}), "
+      + ("a repair beyond one test example." if repaired > 1 / n else "no gain beyond one test example in this run."))
 
 # %% [markdown]
 # What did the prompts learn? Their nearest tokens:

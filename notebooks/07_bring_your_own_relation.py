@@ -142,7 +142,11 @@ projection = pl.fit_projection(E, strings, lm.name, subset=SIZE.map_subset)
 figures.vocab_map(projection, {"mlp": result}, strings, E, max_vocab_points=SIZE.map_points)
 
 # %%
-figures.nearest_token_heatmap(result.prompt, E, strings, k=5)
+stats = pl.vocab_stats(E, lm.name, subset=SIZE.stats_subset)                # cached after the first call
+figures.nearest_token_heatmap(result.prompt, E, strings, k=5, stats=stats)
+
+# %%
+print(pl.manifold.decoding_baseline(result.prompt, E, stats).summary())
 
 # %% [markdown]
 # The same from the command line, with a run directory you can decode later:

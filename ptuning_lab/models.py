@@ -229,6 +229,13 @@ def load_model(name: str = "auto", device=None, dtype=None, verbose: bool = True
                                  f"saved with save_pretrained, a Hugging Face id such as 'gpt2', or '{EMBEDDED_NAME}'.")
     if verbose and name in (None, "", "auto"):
         print(f"[ptuning_lab] model: {resolved} ({why})", file=sys.stderr, flush=True)
+    from transformers.utils import logging as hf_logging
+
+    # transformers' "Loading weights" bar sits at 0% in a notebook until the cell ends and tells nothing
+    # the model line does not; its switch also silences download bars, which a hub model keeps when verbose
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    if bar_was_on and (not verbose or Path(path).is_dir()):
+        hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, **kwargs)
@@ -242,6 +249,9 @@ def load_model(name: str = "auto", device=None, dtype=None, verbose: bool = True
             f"directory, or the embedded offline model with --model {EMBEDDED_NAME}. ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''})"
         ) from err
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     model.to(device).eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:

@@ -139,3 +139,20 @@ def test_vs_peft_shapes_have_the_named_models_sizes(vs_peft, shape, billions):
         model = GPT2LMHeadModel(GPT2Config(**spec)) if kind == "gpt2" else LlamaForCausalLM(LlamaConfig(**spec))
     n = sum(p.numel() for p in model.parameters())
     assert abs(n / 1e9 - billions) / billions < 0.01, n
+
+
+def test_init_table_chooses_the_default_on_dev_never_on_test(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import init_table
+
+    assert init_table.text_at_slots("[P]*3 The capital of [X] is [P]*3") == "text:The capital of is is is"
+    row = lambda task, init, loss, dev=None, test=None: {  # noqa: E731
+        "task": task, "init": init, "init string": init, "template": "t", "dev_loss": loss, "dev_p_at_1": 0.0,
+        **({} if dev is None else {"trained_dev_p_at_1": dev, "trained_test_p_at_1": test})}
+    step0 = [row(t, "random", 9.0) for t in "ab"] + [row(t, "text, cycled", 7.0) for t in "ab"]
+    assert init_table.choose(step0) == "text, cycled"                    # step 0 only: the lowest dev loss
+    trained = ([row(t, "random", 9.0, dev=0.6, test=0.1) for t in "ab"]
+               + [row(t, "text, cycled", 7.0, dev=0.5, test=0.9) for t in "ab"])
+    assert init_table.choose(trained) == "random"                       # the better dev score, whatever test says
+    table = init_table.markdown(trained, ["a", "b"])
+    assert "| random | 9.00 | 0.000 | 0.600 | 0.100 | 9.00 |" in table

@@ -26,10 +26,24 @@ def task():
 def test_default_template_and_init_read_the_manual_template():
     assert default_template("The capital of [X] is") == "[P]*3 The capital of [X] is [P]*3"
     assert default_template("[X] speaks", 2) == "[P]*2 [X] speaks [P]*2"
-    assert default_init("[P]*3 The capital of [X] is [P]*3") == "text:The capital of is"
+    # each [P] starts as the manual word beside it: the words after a leading run, copies of the word before
+    assert default_init("[P]*3 The capital of [X] is [P]*3") == "text:The capital of is is is"
+    assert default_init("[X] [P]*2 is [P]") == "text:is is is"
+    assert default_init("The capital of [X] is") == "text:The capital of is"   # prefix tuning: no [P], words cycled
     assert default_init("[P]*2 [X] [P]*2") == "text:the"                  # no manual words: a plain word
     assert (pl.default_template, pl.default_init, pl.train_one, pl.compare) == (default_template, default_init,
                                                                                  train_one, compare)
+
+
+def test_the_default_start_puts_the_last_manual_word_before_the_answer(lm):
+    # what the default init is for: the virtual tokens between " is" and the answer start as " is",
+    # not as "is The capital" (the template's words cycled), which derailed the model at step 0
+    template = "[P]*3 The capital of [X] is [P]*3"
+    start = pl.build_encoder("mlp", 6, lm.embedding.detach(), init=default_init(template), tokenize=lm.tokenize)()
+    E = lm.embedding.detach()
+    lead, is_ = lm.tokenize("The capital of"), lm.tokenize(" is")
+    assert torch.equal(start[:3].detach(), E[lead[:3]].float())
+    assert torch.equal(start[3:].detach(), E[[is_[0]] * 3].float())
 
 
 def test_train_one_returns_what_the_run_directory_holds(lm, task, tmp_path):
@@ -42,7 +56,7 @@ def test_train_one_returns_what_the_run_directory_holds(lm, task, tmp_path):
     for part in ("train", "eval"):                     # the saved history adds best_step and stopped
         assert run.history[part] == saved.history[part]
     assert run.metrics["encoder"] == "lstm" and run.metrics["seed"] == 1 and run.metrics["steps"] == 3
-    assert run.template == "[P]*3 The capital of [X] is [P]*3" and run.init == "text:The capital of is"
+    assert run.template == "[P]*3 The capital of [X] is [P]*3" and run.init == "text:The capital of is is is"
     assert run.metrics["trainable_params"] == run.encoder.num_trainable_parameters()
     assert "_result" not in run.metrics
 

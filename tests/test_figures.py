@@ -203,6 +203,24 @@ def test_nn_cosine_distribution(stats, runs, emb):
     assert f"(token id {ids[2, 0]})" in fig.data[2].hovertext[2]
 
 
+def test_virtual_tokens_at_one_place_get_one_label(emb, strings, projection):
+    # "The capital of is is is": the last three virtual tokens start as one word, so one point
+    start = emb[[4, 8, 15, 16, 16, 16]]
+    fig = F.vocab_map(projection, {"mlp": start}, strings)
+    assert list(fig.data[3].text) == ["0", "1", "2", "3,4,5", "", ""]
+    assert F.maps.point_labels(np.array([[0.0, 1.0], [0.0, 1.0 + 1e-9], [2.0, 0.0]])) == ["0,1", "", "2"]
+
+
+def test_vocab_map_writes_common_words_on_the_map(emb, strings, projection):
+    fig = F.vocab_map(projection, None, strings, label_tokens=5)
+    word = M.word_like_mask(strings, min_length=3)
+    expected = [i for i in sorted(projection.token_ids) if word[i]][:5]
+    assert [a.text for a in fig.layout.annotations] == [M.readable_token(strings[i]) for i in expected]
+    at = {int(t): i for i, t in enumerate(projection.token_ids)}
+    assert [(a.x, a.y) for a in fig.layout.annotations] == [tuple(projection.coords[at[i]]) for i in expected]
+    assert not F.vocab_map(projection, None, strings, label_tokens=0).layout.annotations
+
+
 # ------------------------------------------------------------------ nearest-token heatmap
 def test_nearest_token_heatmap(emb, strings, runs):
     prompt = runs["mlp-seed0"].prompt
@@ -220,6 +238,27 @@ def test_nearest_token_heatmap(emb, strings, runs):
     assert fig.data[0].reversescale and (np.diff(z, axis=1) >= 0).all() and not fig.layout.shapes
     d = torch.cdist(runs["direct"].prompt.double(), emb.double())
     np.testing.assert_allclose(z[:, 0], d.min(1).values.numpy(), atol=1e-4)
+
+
+def test_nearest_token_heatmap_has_a_fixed_scale_and_shows_the_baseline(emb, strings, monkeypatch, tmp_path):
+    monkeypatch.setenv("PTUNING_LAB_CACHE", str(tmp_path))
+    stats = M.vocab_stats(emb, "toy", subset=None, n_random=100)
+    # a prompt that is half real tokens, half vectors pointing away from every token (the mean's opposite)
+    far = -emb.mean(0, keepdim=True).repeat(2, 1) + 1e-3 * torch.arange(2.0)[:, None]
+    prompt = torch.cat([emb[[5, 9]], far])
+    fig = F.nearest_token_heatmap(prompt, emb, strings, k=3, stats=stats)
+    h = fig.data[0]
+    assert (h.zmin, h.zmax) == (0.0, 1.0)                  # cosine: the same scale whatever the prompt
+    base = M.decoding_baseline(prompt, emb, stats)
+    assert fig.layout.meta["random_percentile"] == base.random_percentile.tolist()
+    assert fig.layout.meta["meaningful"] == [True, True, False, False]
+    assert [a.text for a in fig.layout.annotations] == [f"{p:.0f}% of random" for p in base.random_percentile]
+    assert "2 of 4 rows" in fig.layout.title.text
+    lost = F.nearest_token_heatmap(far, emb, strings, k=3, stats=stats)
+    assert "not meaningful" in lost.layout.title.text
+    # L2's range comes from the vocabulary, not from the prompt
+    l2 = F.nearest_token_heatmap(prompt * 10, emb, strings, k=3, metric="l2").data[0]
+    assert (l2.zmin, l2.zmax) == pytest.approx((0.0, 2 * float(emb.norm(dim=1).mean())))
 
 
 # ------------------------------------------------------------------ waywardness and comparison

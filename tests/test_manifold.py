@@ -432,3 +432,41 @@ def test_decode_run_report(emb, strings):
     cosine_line = next(line for line in lines if line.strip().startswith("cosine"))
     assert cosine_line.split()[1] == strings[42].replace(" ", "␣")
     assert lines[-1].startswith("top-1 agreement: all ")
+
+
+# ------------------------------------------------------------------ decoding baselines
+def test_decoding_baseline_places_each_score_among_random_vectors_and_tokens(emb, cache):
+    stats = M.vocab_stats(emb, "toy", subset=None, n_random=200, seed=1)
+    g = torch.Generator().manual_seed(5)
+    noise = emb.mean(0) + emb.std(0) * torch.randn(2, emb.shape[1], generator=g)
+    prompt = torch.cat([emb[[7, 42]] * 3.0, noise])          # two tokens (scaled: cosine 1), two random vectors
+    b = M.decoding_baseline(prompt, emb, stats)
+    cos = torch.nn.functional.normalize(prompt.double(), dim=1) @ torch.nn.functional.normalize(emb.double(), dim=1).T
+    best = cos.max(1).values.numpy()
+    np.testing.assert_allclose(b.best, best, atol=1e-5)
+    rand = stats.random_best_cosine
+    np.testing.assert_allclose(b.random_percentile, [100 * np.mean(rand <= c) for c in best])
+    np.testing.assert_allclose(b.token_percentile, [100 * np.mean(stats.nn_cosine <= c) for c in best])
+    np.testing.assert_allclose(b.random_median, np.median(rand))
+    assert b.meaningful.tolist()[:2] == [True, True] and b.random_percentile[:2].tolist() == [100.0, 100.0]
+    assert b.n_meaningful == int((b.random_percentile >= M.MEANINGFUL_PERCENTILE).sum())
+    # random vectors like the baseline's own land in its middle, not above the 95th percentile
+    assert (b.random_percentile[2:] < 95).all() and not b.meaningful[2:].any()
+    assert "2 of 4" in b.summary()
+
+
+def test_decoding_baseline_l2_draws_random_vectors_at_each_querys_norm(emb, cache):
+    stats = M.vocab_stats(emb, "toy", subset=None, n_random=50, seed=1)
+    prompt = torch.cat([emb[[3]], emb[[3]] * 40.0])           # a token, and the same direction 40x too long
+    b = M.decoding_baseline(prompt, emb, stats, metric="l2", n_random=100, seed=2)
+    np.testing.assert_allclose(b.best[0], 0.0, atol=1e-4)
+    assert b.random_percentile[0] == 100.0 and b.meaningful[0]
+    d = torch.cdist(prompt.double(), emb.double()).min(1).values.numpy()
+    np.testing.assert_allclose(b.best, d, rtol=1e-4, atol=1e-4)
+    # the long vector's random references are as long as it: their distances are of its scale, not the tokens'
+    assert b.random_median[1] > 10 * b.random_median[0]
+    np.testing.assert_allclose(b.token_percentile, [100 * np.mean(stats.nn_l2 >= x) for x in b.best])
+    dot = M.decoding_baseline(prompt, emb, stats, metric="dot", n_random=20)
+    assert np.isnan(dot.token_percentile).all()
+    with pytest.raises(ValueError, match="metric"):
+        M.decoding_baseline(prompt, emb, stats, metric="manhattan")

@@ -267,3 +267,13 @@ def test_unknown_devices_are_refused_with_the_choices(monkeypatch):
     for name in ("tpu", "quantum", "meta"):
         with pytest.raises(ModelLoadError, match="cpu, cuda, cuda:N or mps"):
             pick_device(name)
+
+
+def test_loading_a_local_model_shows_no_weight_loading_bar(tiny_model_dir, capfd):
+    from transformers.utils import logging as hf_logging
+
+    from ptuning_lab.models import load_model
+
+    load_model(str(tiny_model_dir), device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()           # switched back on for whatever loads next

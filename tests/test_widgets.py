@@ -143,6 +143,13 @@ def test_live_view_is_throttled_by_wall_time():
         W.LiveTrainingView(every_s=-1)
 
 
+def test_live_view_says_one_run_and_keeps_p_at_1_in_its_range():
+    view = W.LiveTrainingView(every_s=0.0)
+    assert "one run" in view.figure.layout.title.text and "seeds" not in view.figure.layout.title.text
+    assert tuple(view.figure.layout.yaxis2.range) == (0, 1.02)        # dev P@1, not autoranged to [-1, 4]
+    assert W.LiveTrainingView(metric="dev_loss").figure.layout.yaxis2.range is None
+
+
 def toy_task(n=24):
     words = ["apple", "river", "stone", "cloud", "green", "music", "paper", "light"]
     answers = ["north", "south", "east", "west"]

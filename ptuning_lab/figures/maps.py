@@ -54,6 +54,34 @@ def place_runs(projection, runs: Mapping[str, Any], token_strings: Sequence[str]
     return placed
 
 
+def point_labels(xy: np.ndarray, decimals: int = 6) -> list[str]:
+    """Marker labels of n points (n, 2): ``"j"``, or ``"3,4,5"`` on the first of points drawn at one place.
+
+    Virtual tokens that start as the same word (``"is is is"``) coincide; one label naming all of
+    them says so instead of three markers hiding each other. The others get ``""``.
+    """
+    keys = [tuple(np.round(np.asarray(p, dtype=np.float64), decimals)) for p in xy]
+    first: dict = {}
+    for j, key in enumerate(keys):
+        first.setdefault(key, []).append(j)
+    return [",".join(map(str, first[key])) if first[key][0] == j else "" for j, key in enumerate(keys)]
+
+
+def _vocab_labels(labels: Sequence[str], ids: np.ndarray, keep: np.ndarray, token_strings, count: int) -> list[int]:
+    """Up to ``count`` positions of ``keep`` worth a text label: word-like tokens, most common first.
+
+    BPE gives its earliest merges (frequent words) the smallest ids, so the smallest word-like ids are
+    words a reader recognises.
+    """
+    if count <= 0 or token_strings is None:
+        return []
+    from ..manifold import word_like_mask
+
+    word = word_like_mask(token_strings, min_length=3)
+    order = keep[np.argsort(ids[keep], kind="stable")]
+    return [int(i) for i in order if word[ids[i]]][:count]
+
+
 def _frame_steps(placed: Sequence[RunOnMap]) -> list[int]:
     return sorted({s for p in placed for s in p.trajectory.steps})
 
@@ -67,13 +95,13 @@ def run_traces(p: RunOnMap, step: int) -> tuple[dict, dict]:
     seg[:, : idx + 1] = p.coords[: idx + 1].transpose(1, 0, 2)
     path = {"x": seg[..., 0].ravel(), "y": seg[..., 1].ravel()}
     now = {"x": p.coords[idx, :, 0].copy(), "y": p.coords[idx, :, 1].copy(), "hovertext": p.hover[idx],
-           "text": [str(j) for j in range(n)]}
+           "text": point_labels(p.coords[idx])}
     return path, now
 
 
 def vocab_map(projection, runs: Mapping[str, Any] | None = None, token_strings: Sequence[str] | None = None,
               embedding=None, k_hover: int = 3, max_vocab_points: int = 3000, frame: int = -1,
-              controls: bool = True, title: str | None = None):
+              controls: bool = True, title: str | None = None, label_tokens: int = 40):
     """The vocabulary map with the prompts of several runs and their trajectories over training.
 
     Args:
@@ -87,11 +115,14 @@ def vocab_map(projection, runs: Mapping[str, Any] | None = None, token_strings: 
         max_vocab_points: draw at most this many vocabulary points (an evenly seeded sample).
         frame: which snapshot the figure shows before any interaction (-1: the last).
         controls: add the step slider and the play/pause buttons.
+        label_tokens: write this many vocabulary tokens on the map (common word-like ones, as
+            annotations; needs ``token_strings``); 0: hover only.
     Returns:
         A Figure. ``data[0]`` is the vocabulary (hover: token); then three traces per run, in the
         order of ``runs``: ``"<name> start"`` (the initial prompt, open circles), ``"<name> path"``
         (one line per virtual token up to the shown step) and ``"<name>"`` (the current vectors,
-        labelled 0..n-1; hover: run, virtual token, step, nearest tokens). ``frames[f]`` (named
+        labelled 0..n-1, points at one place labelled once: ``"3,4,5"``; hover: run, virtual
+        token, step, nearest tokens). ``frames[f]`` (named
         ``str(f)``) updates the path and current traces to the f-th step of
         ``layout.meta["steps"]`` (the union of all runs' snapshot steps; a run shows its latest
         snapshot at or before that step).
@@ -114,6 +145,9 @@ def vocab_map(projection, runs: Mapping[str, Any] | None = None, token_strings: 
         marker={"size": 4, "color": "rgba(120,120,120,0.35)"}, hovertext=[labels[i] for i in keep],
         customdata=ids[keep], hovertemplate="%{hovertext} (id %{customdata})<extra></extra>"))
 
+    for i in _vocab_labels(labels, ids, keep, token_strings, label_tokens):
+        fig.add_annotation(x=coords[i, 0], y=coords[i, 1], text=labels[i], showarrow=False,
+                           font={"size": 9, "color": "rgba(60,60,60,0.8)"})
     placed = place_runs(projection, runs, token_strings, embedding, k_hover)
     steps = _frame_steps(placed) or [0]
     shown = range(len(steps))[frame]

@@ -8,7 +8,9 @@ pandas frames / dataclasses out), how that prompt relates to the real tokens:
   the top-k vocabulary tokens. Three metrics, because they disagree off the manifold:
   ``"cosine"`` (direction only), ``"l2"`` (Euclidean distance; the score is the distance, smaller
   is nearer) and ``"dot"`` (the raw inner product: with tied embeddings this is the logit the
-  model's head would give the token). :func:`metric_agreement` says how often their top-1 agree.
+  model's head would give the token). :func:`metric_agreement` says how often their top-1 agree;
+  :func:`decoding_baseline` says whether a vector is nearer to its token than random vectors of
+  the same norm are to theirs (when it is not, the decoded token means nothing).
 - **Drift** -- :func:`drift_metrics` / :func:`drift_over_training`: how long the vectors are
   relative to real tokens, how close they are to *any* token compared with how close tokens are to
   each other (and to random vectors), whether several virtual tokens collapse onto one token, and
@@ -39,6 +41,8 @@ Layout (arrows point one way; a module imports only modules above it in this lis
 - ``drift``        -- :func:`drift_metrics`, :func:`drift_over_training`; imports index, stats
 - ``faithfulness`` -- snapping, waywardness, decoded F1; imports index
 - ``decoding``     -- :func:`nearest_tokens`, :func:`decode_prompt`, :func:`decode_run`; imports index, faithfulness
+- ``baselines``    -- :func:`decoding_baseline`: each nearest-token score beside random vectors' and tokens';
+  imports index, stats
 - ``projection``   -- :func:`fit_projection`, :class:`VocabProjection`; imports index, cache
 
 This ``__init__`` only re-exports, so ``ptuning_lab.manifold.X`` keeps working for every public
@@ -48,6 +52,7 @@ name. To replace a private helper in a test, patch it in the submodule that uses
 from __future__ import annotations
 
 from ..frozen_lm import readable_token
+from .baselines import MEANINGFUL_PERCENTILE, DecodingBaseline, decoding_baseline
 from .cache import CACHE_VERSION, embedding_fingerprint
 from .decoding import decode_prompt, decode_run, metric_agreement, nearest_tokens
 from .drift import Drift, drift_metrics, drift_over_training
@@ -60,5 +65,6 @@ __all__ = [
     "METRICS", "VocabIndex", "vocab_index", "word_like_mask", "nearest_tokens", "metric_agreement", "decode_prompt",
     "VocabStatsConfig", "VocabStats", "vocab_stats", "Drift", "drift_metrics", "drift_over_training",
     "snap_to_vocab", "snap_report", "waywardness_penalty", "decoded_f1", "ProjectionConfig", "VocabProjection",
-    "fit_projection", "embedding_fingerprint", "decode_run",
+    "fit_projection", "embedding_fingerprint", "decode_run", "MEANINGFUL_PERCENTILE", "DecodingBaseline",
+    "decoding_baseline",
 ]

@@ -12,6 +12,11 @@ from ..trainer import Callback
 from .view import DATA_KEYS, FigureView, _ipywidgets
 
 
+def _is_fraction(metric: str) -> bool:
+    """P@1 and accuracies lie in [0, 1]; a loss does not."""
+    return "p_at_1" in metric or "accuracy" in metric
+
+
 class LiveTrainingView(Callback):
     """Live training curves (and the prompt on the vocabulary map) while ``Trainer.fit`` runs.
 
@@ -52,6 +57,10 @@ class LiveTrainingView(Callback):
         self._drawn_name = name or "training"
         self._views: dict[str, Any] = {}
         self.figure = F.training_curves({name or "training": [self.history]}, metric=metric)
+        # one run, no seeds to average; a score in [0, 1] gets that axis (an empty plot autoranges to [-1, 4])
+        self.figure.update_layout(title="Training curves (live, one run)")
+        if _is_fraction(metric):
+            self.figure.update_yaxes(range=[0, 1.02], row=1, col=2)
         self.map_figure = None
         if projection is not None:
             import plotly.graph_objects as go
