@@ -30,7 +30,11 @@ browser:
 demo: setup
 	$(PY) -m ptuning_lab.cli demo
 
-test: setup browser
+# pyflakes-level checks (pyproject.toml [tool.ruff]); make test runs it first
+lint: setup
+	$(VENV)/bin/ruff check ptuning_lab tests benchmarks tools
+
+test: setup browser lint
 	HF_HUB_OFFLINE=1 PTUNING_LAB_SIZE=ci $(PY) -m pytest -q tests notebooks --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 # Students work on copies: each lesson is copied once into the git-ignored work/ (a lesson added by a

@@ -17,11 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 

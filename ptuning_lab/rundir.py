@@ -18,7 +18,6 @@ The rules that keep a user's files safe (``train``, ``compare``, ``demo`` and ``
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil

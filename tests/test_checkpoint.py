@@ -4,7 +4,6 @@ Each test names the guarantee it protects; the crash-injection counterpart is te
 """
 import json
 import os
-import warnings
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from conftest import make_tiny_lm
 from ptuning_lab import checkpoint as ckpt
 from ptuning_lab import resume
 from ptuning_lab.cli import main
-from ptuning_lab.tasks import Example, Task
+from ptuning_lab.tasks import Task
 from test_trainer import make_trainer, toy_task
 
 

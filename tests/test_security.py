@@ -3,7 +3,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 import ptuning_lab
 from conftest import make_tiny_lm

@@ -11,7 +11,6 @@ import types
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from conftest import make_tiny_lm

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from conftest import TOY_D as D
-from conftest import TOY_V as V
 from conftest import make_tiny_lm
 from ptuning_lab import manifold as M
 from ptuning_lab import widgets as W

@@ -193,4 +193,4 @@ class LiveTrainingView(Callback):
         display(self.widget)
 
 
-__all__ = ["FigureView", "RunDashboard", "LiveTrainingView"]
+__all__ = ["LiveTrainingView"]
