@@ -51,8 +51,11 @@ def run_setup_cell(monkeypatch, *codes) -> FakeRun:
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    monkeypatch.delenv(course.SOURCE_ENV, raising=False)
-    monkeypatch.delenv(course.MODEL_ENV, raising=False)
+    # set, then delete: monkeypatch then restores the variables' absence after the test, even when the code
+    # under test sets them (colab_session sets PTUNING_LAB_MODEL, which later notebook kernels would inherit)
+    for name in (course.SOURCE_ENV, course.MODEL_ENV):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 # ------------------------------------------------------------------ the cell

@@ -260,8 +260,11 @@ def _same_run(b, a, tol=1e-5):
     dev_losses = [r["dev_loss"] for r in ra.history["eval"]]
     assert max(dev_losses) - min(dev_losses) > 1e-4          # training moved the prompt (same dev set, new loss)...
     assert torch.allclose(rb.prompt, ra.prompt, atol=tol, rtol=0)          # ...the same way in both runs
+    # the guarantee is the prompt and the history (above and below, to tol); an encoder weight whose
+    # gradient is near zero takes Adam steps of about lr whatever its size, so the order of a sum across
+    # processes can move it by more than tol without changing the prompt: weights are held to 10 x tol
     for k in ra.encoder_state:
-        assert torch.allclose(rb.encoder_state[k], ra.encoder_state[k], atol=tol, rtol=0), k
+        assert torch.allclose(rb.encoder_state[k], ra.encoder_state[k], atol=10 * tol, rtol=0), k
     assert rb.snapshot_steps == ra.snapshot_steps and torch.allclose(rb.snapshots, ra.snapshots, atol=tol, rtol=0)
     assert [(r["step"], r["lr"]) for r in rb.history["train"]] == [(r["step"], r["lr"]) for r in ra.history["train"]]
     assert [r["loss"] for r in rb.history["train"]] == pytest.approx([r["loss"] for r in ra.history["train"]], abs=tol)

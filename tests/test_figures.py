@@ -99,7 +99,8 @@ def test_vocab_map_inputs(projection, emb, strings, tmp_path):
     assert fig.layout.meta["steps"] == [0, 1, 2, 4] and fig.layout.sliders[0].active == 0
     np.testing.assert_allclose(np.c_[fig.data[3].x, fig.data[3].y], projection.transform(S[0]), atol=1e-9)
     # a run saved without snapshots counts as its final prompt
-    ckpt.save_run(tmp_path / "r", config={"encoder": {"num_virtual_tokens": N}, "hidden_size": D, "vocab_size": V},
+    ckpt.save_run(tmp_path / "r", config={"encoder": {"method": "direct", "num_virtual_tokens": N}, "hidden_size": D,
+                                                   "vocab_size": V},
                   encoder_state={}, prompt=S[1], history={})
     fig = F.vocab_map(projection, {"r": ckpt.load_run(tmp_path / "r")}, controls=False)
     assert len(fig.data) == 4 and len(fig.frames) == 1 and not fig.layout.sliders

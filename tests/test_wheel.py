@@ -72,7 +72,7 @@ def test_sdist_holds_the_tests_and_the_notebooks_sources(dist):
     expected = {str(p.relative_to(REPO)) for pattern in ("tests/*.py", "notebooks/*.ipynb", "notebooks/*.py")
                 for p in REPO.glob(pattern)}
     assert any(n.startswith("notebooks/") and n.endswith(".ipynb") for n in expected)
-    assert "tests/conftest.py" in expected and "notebooks/build.py" in expected
+    assert "tests/conftest.py" in expected and "notebooks/jupytext.toml" in expected
     assert expected <= names, f"missing from the sdist: {sorted(expected - names)}; add them to MANIFEST.in"
     assert {"pyproject.toml", "README.md", "CHANGELOG.md", "ptuning_lab/_version.py"} <= names
 
@@ -94,8 +94,11 @@ def test_the_installed_package_is_imported_not_the_checkout(fresh):
     assert Path(seen["file"]).resolve().is_relative_to(fresh["venv"].resolve()), seen["file"]
     assert seen["version"] == VERSION and seen["metadata"] == VERSION
     assert seen["editable"] == []                # the editable install's finder was not run
-    on_path = [Path(p).resolve() for p in seen["path"] if p]
+    # the dependencies' site-packages may sit inside the checkout (a .venv made by make); the sources may not
+    deps = [Path(p).resolve() for p in seen["path"] if p and "site-packages" in Path(p).parts]
+    on_path = [Path(p).resolve() for p in seen["path"] if p and Path(p).resolve() not in deps]
     assert REPO not in on_path and not any(p.is_relative_to(REPO) for p in on_path), seen["path"]
+    assert not any((d / "ptuning_lab").exists() for d in deps if d.is_relative_to(REPO)), seen["path"]
 
 
 def test_installed_cli_prints_its_version(fresh):
