@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from helpers import TOY_D, TOY_V, make_tiny_lm  # noqa: F401 (TOY_*: the toy-vocabulary fixtures)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -30,28 +31,6 @@ def tokenizer():
     return tok
 
 
-def make_tiny_lm(kind: str, tokenizer, dtype=torch.float32, seed: int = 0):
-    """A tiny randomly initialised GPT-2 or Llama wrapped in FrozenLM."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    from ptuning_lab.frozen_lm import FrozenLM
-
-    torch.manual_seed(seed)
-    V = len(tokenizer)
-    if kind == "gpt2":
-        cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=V, n_positions=128,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-        model = GPT2LMHeadModel(cfg)
-    elif kind == "llama":
-        cfg = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
-                          intermediate_size=64, vocab_size=V, max_position_embeddings=128,
-                          tie_word_embeddings=True)
-        model = LlamaForCausalLM(cfg)
-    else:
-        raise ValueError(kind)
-    return FrozenLM(model.to(dtype), tokenizer, f"tiny-{kind}")
-
-
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, tokenizer):
     """A tiny random GPT-2 and its tokenizer saved to disk, for ``--model PATH`` (one per test module)."""
@@ -67,7 +46,6 @@ def tiny_lm(request, tokenizer):
 
 
 # ---- a toy vocabulary (V random token vectors of width D, some long, some short) for the figure and widget tests
-TOY_V, TOY_D = 300, 16
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 from ptuning_lab import checkpoint as ckpt
 from ptuning_lab import resume
 from ptuning_lab.cli import main

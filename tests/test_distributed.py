@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 from ptuning_lab import checkpoint as ckpt
 from ptuning_lab import distributed
 from ptuning_lab.distributed import (Distributed, combine_metrics, launch_info, launched, shard, shard_bounds,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TOY_D as D
-from conftest import TOY_V as V
+from helpers import TOY_D as D
+from helpers import TOY_V as V
 from ptuning_lab import checkpoint as ckpt
 from ptuning_lab import figures as F
 from ptuning_lab import manifold as M

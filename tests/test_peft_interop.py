@@ -9,7 +9,7 @@ import torch
 
 peft = pytest.importorskip("peft")
 
-from conftest import make_tiny_lm  # noqa: E402
+from helpers import make_tiny_lm  # noqa: E402
 from ptuning_lab import checkpoint as ckpt  # noqa: E402
 from ptuning_lab.prompts import build_encoder  # noqa: E402
 from ptuning_lab.peft_interop import (ENCODER_FILE, INFO_FILE, ImportedPrompt, PeftExportError,  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 from ptuning_lab import checkpoint as ckpt
 from ptuning_lab.prompts import EncoderError, build_encoder, encoder_from_config
 from ptuning_lab.evaluation import evaluate

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 from ptuning_lab import checkpoint as ckpt
 from ptuning_lab.cli import main
 from ptuning_lab.manifold import fit_projection

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import ptuning_lab
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 
 SOURCES = sorted(Path(ptuning_lab.__file__).parent.glob("*.py"))
 

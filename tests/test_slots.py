@@ -82,7 +82,7 @@ def test_with_truncation_checks_its_arguments():
 
 @pytest.fixture(scope="module")
 def lm(tokenizer):
-    from conftest import make_tiny_lm
+    from helpers import make_tiny_lm
 
     return make_tiny_lm("gpt2", tokenizer)          # 128 positions
 

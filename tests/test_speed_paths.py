@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 from ptuning_lab.prompts import KEY_VALUE, LayerPrompt, build_encoder
 from ptuning_lab.evaluation import evaluate
 from ptuning_lab.fast import FastConfig, FastForward

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from ptuning_lab.templates import MAX_VIRTUAL_TOKENS, Template, TemplateError
 
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 from ptuning_lab import tracking
 from ptuning_lab.encoders import build_encoder
 from ptuning_lab.tasks import Example, Task

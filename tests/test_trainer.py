@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 from ptuning_lab import checkpoint as ckpt
 from ptuning_lab.prompts import build_encoder
 from ptuning_lab.evaluation import best_candidates, evaluate, first_token_ids

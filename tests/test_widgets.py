@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TOY_D as D
-from conftest import make_tiny_lm
+from helpers import TOY_D as D
+from helpers import make_tiny_lm
 from ptuning_lab import manifold as M
 from ptuning_lab import widgets as W
 from ptuning_lab.encoders import build_encoder
