@@ -72,7 +72,8 @@ def test_sdist_holds_the_tests_and_the_notebooks_sources(dist):
     expected = {str(p.relative_to(REPO)) for pattern in ("tests/*.py", "notebooks/*.ipynb", "notebooks/*.py")
                 for p in REPO.glob(pattern)}
     assert any(n.startswith("notebooks/") and n.endswith(".ipynb") for n in expected)
-    assert "tests/conftest.py" in expected and "notebooks/jupytext.toml" in expected
+    assert "tests/conftest.py" in expected and "notebooks/01_vocabulary_manifold.py" in expected
+    assert "notebooks/jupytext.toml" in names                   # the pairing: the course can be edited from it
     assert expected <= names, f"missing from the sdist: {sorted(expected - names)}; add them to MANIFEST.in"
     assert {"pyproject.toml", "README.md", "CHANGELOG.md", "ptuning_lab/_version.py"} <= names
 
