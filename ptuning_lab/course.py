@@ -242,7 +242,11 @@ def build_handouts(out, notebooks=None) -> dict[str, list[Path]]:
     (staging / HANDOUTS_MARKER).write_text("written by ptuning_lab.course.build_handouts; replaced on each build\n")
     if out.exists():
         old = out.with_name(f".{out.name}-old")
-        shutil.rmtree(old, ignore_errors=True)
+        if old.exists():           # a swap cut short: remove it only if it is a build of ours
+            if not (old / HANDOUTS_MARKER).is_file():
+                raise FileExistsError(f"{old} is in the way of replacing {out} and was not written by "
+                                      "build_handouts; move it away.")
+            shutil.rmtree(old)
         out.rename(old)
         staging.rename(out)
         shutil.rmtree(old)
