@@ -13,9 +13,10 @@ Each task's rows land in ``--out/<task>/fewglue.json``; the table (mean ± std) 
 task found there, so a long run can be split over several commands. ``relations`` runs
 benchmarks/probe_suite.py over the ``analogy-*`` tasks and writes docs/relations.md.
 
-Scoring of label words and multiple choice (COPA) and the metrics macro-F1, F1a and EM are the
-``verbalizers`` work of issue 17 (``evaluate`` reporting ``Task.metrics``); where a run's metrics lack
-``test_<metric>`` the cell says n/a rather than show another number under that name.
+Labels are scored by the log-likelihood of their words and COPA's choices in full
+(``ptuning_lab.evaluation``); the metrics (accuracy, macro-F1, F1a, EM) are ``ptuning_lab.metrics``,
+the same functions for the majority baseline and the runs. Each run keeps the state best on its task's
+first metric on dev32. Where a run's metrics lack ``test_<metric>`` the cell says n/a.
 """
 from __future__ import annotations
 
@@ -35,37 +36,15 @@ METHODS = ("mlp", "lstm", "direct", "prefix")
 QUICK = {"seeds": 1, "max_steps": 2, "eval_every": 1, "max_test": 8}
 
 
-def classification_metrics(gold: list[str], pred: list[str], groups: list | None = None,
-                           positive: str = "True") -> dict:
-    """accuracy, macro-F1 over the gold labels, F1 of ``positive`` over all answers (F1a) and EM per group."""
-    n = len(gold)
-    out = {"accuracy": sum(g == p for g, p in zip(gold, pred)) / n}
-    f1s = []
-    for label in sorted(set(gold)):
-        tp = sum(g == p == label for g, p in zip(gold, pred))
-        fp = sum(p == label != g for g, p in zip(gold, pred))
-        fn = sum(g == label != p for g, p in zip(gold, pred))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    out["f1_macro"] = statistics.fmean(f1s)
-    tp = sum(g == p == positive for g, p in zip(gold, pred))
-    fp = sum(p == positive != g for g, p in zip(gold, pred))
-    fn = sum(g == positive != p for g, p in zip(gold, pred))
-    out["f1a"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    if groups is not None:
-        right: dict = {}
-        for g, p, k in zip(gold, pred, groups):
-            right[k] = right.get(k, True) and g == p
-        out["em"] = statistics.fmean(right.values())
-    return out
-
-
 def majority(task) -> dict:
     """The train split's most frequent label (ties: the first in label order) predicted for every test example."""
+    from ptuning_lab.metrics import label_metrics
+
     counts = Counter(e.label for e in task.train)
     label = max(sorted(counts), key=lambda k: counts[k])
     gold = [e.label for e in task.test]
-    groups = [e.group for e in task.test] if any(e.group for e in task.test) else None
-    scores = classification_metrics(gold, [label] * len(gold), groups)
+    labels = task.labels or sorted(set(gold))
+    scores = label_metrics(task.metrics, gold, [label] * len(gold), labels, [e.group for e in task.test])
     return {"task": task.name, "encoder": "majority", "seed": None,
             **{f"test_{m}": scores[m] for m in task.metrics}}
 
@@ -129,6 +108,37 @@ def markdown(results: dict[str, list[dict]], metrics_of: dict[str, tuple]) -> st
     return head + "\n".join(lines) + "\n"
 
 
+def verdicts(results: dict[str, list[dict]], metrics_of: dict[str, tuple], sizes: dict[str, int]) -> list[str]:
+    """One sentence per task, computed from the rows: does the best trained method beat both baselines?
+
+    "Beats" means its mean is above the better of majority and manual by more than two standard errors
+    of that baseline's score on the test size (sqrt(p (1 - p) / n)) and by more than its seed std."""
+    lines = []
+    for t in [t for t in FEWGLUE if t in results]:
+        m = metrics_of[t][0]
+        value = {enc: [r.get(f"test_{m}") for r in results[t] if r["encoder"] == enc and r.get(f"test_{m}") is not None]
+                 for enc in ["majority", "manual", *METHODS]}
+        trained = {e: v for e, v in value.items() if v and e in METHODS}
+        if not trained or not value["majority"]:
+            continue
+        base_name = max(("majority", "manual"), key=lambda e: statistics.fmean(value[e]) if value[e] else -1)
+        base = statistics.fmean(value[base_name])
+        best = max(trained, key=lambda e: statistics.fmean(trained[e]))
+        mean = statistics.fmean(trained[best])
+        std = statistics.stdev(trained[best]) if len(trained[best]) > 1 else 0.0
+        se = (base * (1 - base) / max(sizes.get(t, 1), 1)) ** 0.5
+        gap = mean - base
+        if gap > 2 * se and gap > std:
+            lines.append(f"- **{t}**: {best} leads with {mean * 100:.1f} {m}, {gap * 100:+.1f} points over {base_name} "
+                         f"({base * 100:.1f}); that is more than two standard errors ({2 * se * 100:.1f}) and its seed "
+                         f"std ({std * 100:.1f}): a real gain.")
+        else:
+            lines.append(f"- **{t}**: the best method, {best}, has {mean * 100:.1f} {m} against {base_name}'s "
+                         f"{base * 100:.1f} ({gap * 100:+.1f} points; two standard errors {2 * se * 100:.1f}, seed std "
+                         f"{std * 100:.1f}): no method beats the baselines here, it stays at chance.")
+    return lines
+
+
 def fewglue_main(args, argv) -> int:
     from ptuning_lab.frozen_lm import FrozenLM
     from ptuning_lab.tasks import load_task
@@ -140,38 +150,57 @@ def fewglue_main(args, argv) -> int:
     unknown = [t for t in names if t not in FEWGLUE]
     if unknown:
         raise SystemExit(f"error: unknown FewGLUE task {unknown}; choose from {', '.join(FEWGLUE)}.")
+    out = Path(args.out)
+    if args.collect:
+        return write_table(args, out)
     tasks = [load_task(t, data_dir=args.data_dir, source="files", max_examples=args.max_test) for t in names]
     lm = FrozenLM.load(args.model, device=args.device)
     methods = [m for m in args.methods.split(",") if m]
     lrs = [float(x) for x in args.lrs.split(",")]
     train = {"max_steps": args.max_steps, "eval_every": args.eval_every, "batch_size": args.batch_size}
-    out = Path(args.out)
-    start = time.perf_counter()
     for task in tasks:
+        start = time.perf_counter()
         rows = run_task(lm, task, methods, args.seeds, lrs, train, lambda line: print(line, flush=True))
         (out / task.name).mkdir(parents=True, exist_ok=True)
         part = {"task": task.name, "metrics": list(task.metrics), "test_size": len(task.test), "model": lm.name,
-                "command": " ".join(["python", "benchmarks/fewglue.py", *argv]), "rows": rows}
+                "command": " ".join(["python", "benchmarks/fewglue.py", *argv]), "date": str(datetime.date.today()),
+                "device": _device(lm), "seconds": round(time.perf_counter() - start, 1), "seeds": args.seeds,
+                "settings": {"lrs": args.lrs, "max_steps": args.max_steps, "batch_size": args.batch_size}, "rows": rows}
         tmp = out / task.name / "fewglue.json.tmp"
         tmp.write_text(json.dumps(part, indent=1))
         tmp.replace(out / task.name / "fewglue.json")
-    seconds = time.perf_counter() - start
+    return write_table(args, out)
+
+
+def write_table(args, out: Path) -> int:
+    """The table of every task found in ``out`` (each ``<task>/fewglue.json``), with how each part was made."""
     parts = [json.loads(p.read_text()) for p in sorted(out.glob("*/fewglue.json"))]
+    if not parts:
+        raise SystemExit(f"error: no */fewglue.json under {out}; run some tasks first (without --collect).")
+    parts.sort(key=lambda p: FEWGLUE.index(p["task"]))
     results = {p["task"]: p["rows"] for p in parts}
-    table = markdown(results, {p["task"]: tuple(p["metrics"]) for p in parts})
+    metrics_of = {p["task"]: tuple(p["metrics"]) for p in parts}
+    table = markdown(results, metrics_of)
     sizes = ", ".join(f"{p['task']} {p['test_size']}" for p in parts)
-    device = _device(lm)
+    made = "\n".join(f"- {p['task']}: `{p['command']}` — {p.get('date', '?')}, model `{p['model']}`, "
+                     f"{p.get('device', '?')}, {p.get('seconds', float('nan')) / 60:.1f} min" for p in parts)
+    first = parts[0].get("settings", {"lrs": args.lrs, "max_steps": args.max_steps, "batch_size": args.batch_size})
+    seeds = sorted({p.get("seeds", args.seeds) for p in parts})
     text = (f"# FewGLUE_32dev: manual prompt, majority class and P-tuning\n\n"
-            f"`{' '.join(['python', 'benchmarks/fewglue.py', *argv])}` — {datetime.date.today()}, model "
-            f"`{lm.name}`, device {device}, {seconds / 60:.1f} min for this part.\n\n"
-            f"Test = SuperGLUE validation ({sizes} examples), in points, mean ± std over {args.seeds} seed(s). "
-            f"32 train examples, 32 dev (dev32) for the best checkpoint and the lr (from {args.lrs}); template "
-            f"`[P]*3 <PVP> [P]*3`, {args.max_steps} steps of batch {args.batch_size}. Metrics: accuracy; CB "
-            f"accuracy + macro-F1; MultiRC F1a + EM over questions. `majority` predicts train's most frequent "
-            f"label. Where a cell's mean lies within its std of `majority`, the method stays at chance.\n\n"
-            f"{table}")
+            f"Made by (one command per task; they can run in parallel, and `--collect` rebuilds this page):\n\n"
+            f"{made}\n\n"
+            f"Test = SuperGLUE validation ({sizes} examples; capped by --max-test), in points, mean ± std over "
+            f"{'/'.join(map(str, seeds))} seed(s). 32 train examples, 32 dev (dev32) choose the best checkpoint (on "
+            f"the task's first metric) and the lr (from {first['lrs']}); template `[P]*3 <PVP> [P]*3`, "
+            f"{first['max_steps']} steps of batch {first['batch_size']}. Metrics: accuracy; CB accuracy + macro-F1; "
+            f"MultiRC F1a + EM over questions. `majority` predicts train's most frequent label; `manual` is the "
+            f"PVP without virtual tokens.\n\n{table}\n"
+            f"What the numbers say (computed from the rows above):\n\n"
+            + "\n".join(verdicts(results, metrics_of, {p["task"]: p["test_size"] for p in parts})) + "\n")
     Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.table).write_text(text)
+    tmp = Path(str(args.table) + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.table)
     print(text)
     return 0
 
@@ -195,7 +224,8 @@ def relations_main(args, argv) -> int:
         ["--seeds", str(args.seeds), "--max-steps", str(args.max_steps), "--eval-every", str(args.eval_every)]
     return probe_suite.main(["--model", args.model, *(["--device", args.device] if args.device else []),
                              "--tasks", names, "--methods", args.methods, *quick, "--out", args.out,
-                             "--table", args.table])
+                             "--table", args.table, "--title", "Relations from gensim's analogy questions: manual "
+                             "prompt vs P-tuning", *(["--collect"] if args.collect else [])])
 
 
 def main(argv=None) -> int:
@@ -214,6 +244,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-test", type=int, default=None, help="Cap the test split (SuperGLUE validation).")
     p.add_argument("--data-dir", default=None, help="FewGLUE_32dev directory (default: $PTUNING_LAB_FEWGLUE).")
     p.add_argument("--quick", action="store_true", help="Smoke run: 1 seed, 2 steps, 8 test examples.")
+    p.add_argument("--collect", action="store_true",
+                   help="Train nothing: rebuild the table from every <task>/fewglue.json under --out.")
     p.add_argument("--out", default=None)
     p.add_argument("--table", default=None)
     args = p.parse_args(argv)

@@ -29,6 +29,7 @@ import torch
 import torch.distributed
 
 from . import sharding
+from .metrics import label_metrics
 
 # metrics that are fractions of a count: combined from integer counts, so the gathered value is the
 # exact same float a single process computes (a 1-ulp difference could flip a best-state tie)
@@ -119,21 +120,28 @@ def combine_metrics(per_rank: Sequence[dict]) -> dict:
     """Merge per-shard evaluation dicts (``{"n", "p_at_1", "loss", ...}``) into the whole set's.
 
     Means are re-weighted by each shard's ``n``; count fractions (:data:`COUNT_METRICS`) are summed
-    as integer counts. Shards with ``n == 0`` (more ranks than examples) count for nothing.
+    as integer counts. Shards with ``n == 0`` (more ranks than examples) count for nothing. When the
+    shards carry their per-example labels (``"predictions"``, from ``evaluate(keep_predictions=True)``),
+    the label metrics (accuracy, macro-F1, F1a, EM: not means over shards) are recomputed on the pooled
+    predictions, and the predictions are dropped from the result.
     """
     filled = [m for m in per_rank if m.get("n", 0) > 0]
     if not filled:
         raise ValueError("no rank evaluated any example: the split is empty. Use a larger task.")
     n = sum(m["n"] for m in filled)
-    out = dict(filled[0])
+    out = {k: v for k, v in filled[0].items() if k != "predictions"}
     out["n"] = n
-    for key, value in filled[0].items():
+    for key, value in out.items():
         if key == "n" or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if key in COUNT_METRICS:
             out[key] = sum(round(m[key] * m["n"]) for m in filled) / n
         else:
             out[key] = sum(m[key] * m["n"] for m in filled) / n
+    if all("predictions" in m for m in filled):
+        pooled = {k: [x for m in filled for x in m["predictions"][k]] for k in ("gold", "pred", "groups")}
+        first = filled[0]["predictions"]
+        out.update(label_metrics(first["metrics"], pooled["gold"], pooled["pred"], first["labels"], pooled["groups"]))
     return out
 
 

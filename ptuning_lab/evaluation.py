@@ -66,13 +66,17 @@ def candidate_logprobs(lm: FrozenLM, template, inputs: Sequence[str], answers: S
     vocabulary is taken only where an answer token is read, ``logits_chunk`` positions at a time.
     """
     answer_ids = _answer_ids(lm, answers)
+    plan = _Continuations(answer_ids)
+    if log_probs is not None and not plan.rows:
+        # every answer is one token: the next-token distribution already holds every score, no forward needed
+        first = torch.tensor([ids[0] for ids in answer_ids], dtype=torch.long, device=log_probs.device)
+        return log_probs[:, first].clone()
     batch = lm.encode(template, list(inputs))
     context = _Context(lm, batch, prompt)
     if log_probs is None:
         log_probs = _float(lm.head(context.last_hidden)).log_softmax(-1)
     first = torch.tensor([ids[0] for ids in answer_ids], dtype=torch.long, device=log_probs.device)
     scores = log_probs[:, first].clone()                                   # (B, A), first tokens only so far
-    plan = _Continuations(answer_ids)
     if not plan.rows:
         return scores
     dev = lm.device
@@ -198,7 +202,8 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(lm: FrozenLM, template, examples, prompt: torch.Tensor | None = None,
              answers: Sequence[str] | None = None, batch_size: int = 64, *, verbalizer: dict | None = None,
-             metrics: Sequence[str] | None = None, scoring: "LabelScoring | None" = None) -> dict:
+             metrics: Sequence[str] | None = None, scoring: "LabelScoring | None" = None,
+             keep_predictions: bool = False) -> dict:
     """Evaluate a (possibly manual) template on examples.
 
     Returns ``{"n", "p_at_1", "loss"}`` plus ``"candidate_accuracy"`` when ``answers`` is given,
@@ -210,20 +215,24 @@ def evaluate(lm: FrozenLM, template, examples, prompt: torch.Tensor | None = Non
     Classification (``verbalizer`` given) and multiple choice (examples with ``choices``) score
     every label / choice in full (:func:`label_scores`, :func:`choice_scores`) and report
     ``accuracy`` (and ``f1_macro``, ``f1a``, ``em`` when asked).
+    ``keep_predictions``: also return the per-example labels under ``"predictions"``, so metrics that
+    are not means over examples (F1, EM) can be recomputed on the pooled shards of a launch
+    (``distributed.combine_metrics``).
     """
     prompt = prompt.detach() if isinstance(prompt, torch.Tensor) else prompt
     template = Template.parse(template)                  # once, not per batch
     return score(lm, template, examples, prompt, answers, batch_size,
                  logits_fn=lambda inputs: lm.last_logits(lm.encode(template, inputs), prompt),
                  gold_fn=lambda targets: first_token_ids(lm, targets), verbalizer=verbalizer, metrics=metrics,
-                 scoring=scoring, answer_logits_fn=lambda inputs, ids: answer_logits(lm, template, inputs, ids, prompt))
+                 scoring=scoring, answer_logits_fn=lambda inputs, ids: answer_logits(lm, template, inputs, ids, prompt),
+                 keep_predictions=keep_predictions)
 
 
 @torch.no_grad()
 def score(lm: FrozenLM, template, examples, prompt, answers: Sequence[str] | None, batch_size: int,
           logits_fn: Callable[[list[str]], torch.Tensor], gold_fn: Callable[[list[str]], torch.Tensor], *,
           verbalizer: dict | None = None, metrics: Sequence[str] | None = None, scoring=None,
-          answer_logits_fn: Callable | None = None) -> dict:
+          answer_logits_fn: Callable | None = None, keep_predictions: bool = False) -> dict:
     """The metrics of :func:`evaluate`, with the next-token logits ``(B, vocab)`` of a list of inputs
     from ``logits_fn``, the answers' first-token ids ``(B,)`` from ``gold_fn`` and the logits at
     every answer token ``(B, L, vocab)`` from ``answer_logits_fn(inputs, answer_ids)`` (the fast
@@ -254,8 +263,10 @@ def score(lm: FrozenLM, template, examples, prompt, answers: Sequence[str] | Non
         log_probs = logits_fn(inputs).log_softmax(-1)
         hits += int((log_probs.argmax(-1) == gold).sum())
         loss_sum += float(F.nll_loss(log_probs, gold, reduction="sum"))
+        cand = None
         if rank:
-            picked = best_candidates(lm, template, inputs, answers, prompt, log_probs)
+            cand = candidate_logprobs(lm, template, inputs, answers, prompt, log_probs)     # (B, A)
+            picked = cand.argmax(1).tolist()
             cand_hits += sum(answers[p] == ex.target for p, ex in zip(picked, chunk))
         if kind == "relation" and "exact_match" in metrics:
             ids = [lm.answer_ids(ex.target) for ex in chunk]
@@ -265,7 +276,17 @@ def score(lm: FrozenLM, template, examples, prompt, answers: Sequence[str] | Non
             exact += int(((token_hit | ~mask).all(1)).sum())
         elif kind == "classification":
             labels = list(verbalizer)
-            best = label_scores(lm, template, inputs, verbalizer, prompt, log_probs, scoring).argmax(1).tolist()
+            words = [w for ws in verbalizer.values() for w in ws]
+            if cand is not None and set(words) <= set(answers):
+                # the label words were scored among the candidates just now: reuse them, no second pass
+                at = {a: i for i, a in enumerate(answers)}
+                ws = cand[:, [at[w] for w in words]]
+                if scoring.reduce == "mean":
+                    ws = ws / torch.tensor([len(lm.answer_ids(w)) for w in words], dtype=ws.dtype, device=ws.device)
+                scores = combine_words(ws, [len(v) for v in verbalizer.values()], scoring.combine)
+            else:
+                scores = label_scores(lm, template, inputs, verbalizer, prompt, log_probs, scoring)
+            best = scores.argmax(1).tolist()
             pred_labels += [labels[i] for i in best]
             gold_labels += [ex.label for ex in chunk]
         elif kind == "multiple_choice":
@@ -282,8 +303,12 @@ def score(lm: FrozenLM, template, examples, prompt, answers: Sequence[str] | Non
         out["exact_match"] = exact / n
     if kind != "relation":
         labels = list(verbalizer) if kind == "classification" else sorted(set(gold_labels) | set(pred_labels))
-        out.update(label_metrics([m for m in metrics if m not in ("p_at_1", "exact_match")], gold_labels,
-                                 pred_labels, labels, [ex.group for ex in examples]))
+        names = [m for m in metrics if m not in ("p_at_1", "exact_match")]
+        groups = [ex.group for ex in examples]
+        out.update(label_metrics(names, gold_labels, pred_labels, labels, groups))
+        if keep_predictions:
+            out["predictions"] = {"gold": gold_labels, "pred": pred_labels, "groups": groups, "labels": labels,
+                                  "metrics": names}
     return out
 
 

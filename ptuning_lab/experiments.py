@@ -185,10 +185,12 @@ def train_one(lm, task, *, encoder: str = "mlp", template: str | None = None, in
         result = trainer.fit(resume=resume)
         prompt = result.prompt.to(lm.device)       # test split shared out across the ranks under a launch
         test = trainer.dist.evaluate(lambda examples: evaluate(lm, template, examples, prompt, answers=task.answers,
+                                                               keep_predictions=trainer.dist.world_size > 1,
                                                                **task_scoring(task)), task.test)
         metrics = {"task": task.name, "encoder": encoder, "seed": seed, "template": template,
                    "test_p_at_1": test["p_at_1"], "test_candidate_accuracy": test["candidate_accuracy"],
                    **task_metrics(task, test), "dev_p_at_1": result.best_dev.get("p_at_1"),
+                   **{f"dev_{m}": result.best_dev[m] for m in task.metrics if m != "p_at_1" and m in result.best_dev},
                    "trainable_params": prompt_encoder.num_trainable_parameters(),
                    "train_seconds": round(result.seconds, 2), "steps": trainer.step, "best_step": result.best_step,
                    "stopped": result.stopped}
@@ -235,9 +237,12 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         p, p_sd = _mean_std([r["test_p_at_1"] for r in rs])
         c, c_sd = _mean_std([r["test_candidate_accuracy"] for r in rs])
         s, _ = _mean_std([r.get("train_seconds") for r in rs])
-        out.append({"task": task, "encoder": enc, "seeds": len(rs), "test_p_at_1": p, "test_p_at_1_std": p_sd,
-                    "test_candidate_accuracy": c, "test_candidate_accuracy_std": c_sd,
-                    "trainable_params": rs[0]["trainable_params"], "train_seconds": s})
+        row = {"task": task, "encoder": enc, "seeds": len(rs), "test_p_at_1": p, "test_p_at_1_std": p_sd,
+               "test_candidate_accuracy": c, "test_candidate_accuracy_std": c_sd,
+               "trainable_params": rs[0]["trainable_params"], "train_seconds": s}
+        if all("test_exact_match" in r for r in rs):        # relations: the whole answer (greedy) is right
+            row["test_exact_match"], row["test_exact_match_std"] = _mean_std([r["test_exact_match"] for r in rs])
+        out.append(row)
     return out
 
 

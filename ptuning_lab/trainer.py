@@ -3,7 +3,8 @@
 One step: ``prompt = encoder()`` (n, d) -> spliced into every templated input of the batch ->
 next-token logits at the prediction position -> cross-entropy against the answer's first token
 (LAMA style) -> AdamW on the encoder's parameters only. Every ``eval_every`` steps the dev split is
-scored; the best encoder state (dev P@1, then dev loss) is restored at the end.
+scored; the best encoder state (the task's first metric on dev -- P@1 for a relation, accuracy for
+CB, F1a for MultiRC -- then dev loss) is restored at the end.
 """
 from __future__ import annotations
 
@@ -52,6 +53,12 @@ def default_lr(method: str) -> float:
     """The learning rate a ``method`` ('mlp', 'lstm', 'direct', 'prefix') trains with by default."""
     return DEFAULT_LR.get(method, FALLBACK_LR)
 
+
+
+def selection_metric(task, dev: dict) -> str:
+    """The dev metric that picks the best state: the task's first metric when dev reports it, else P@1."""
+    name = (tuple(getattr(task, "metrics", ()) or ()) or ("p_at_1",))[0]
+    return name if name in dev else "p_at_1"
 
 @dataclass
 class TrainConfig:
@@ -357,8 +364,12 @@ class Trainer:
         dev = self.dist.evaluate(lambda examples: self.score(examples, prompt), self.task.dev)
         record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
                   "train_loss": sum(losses) / max(len(losses), 1), "dev_p_at_1": dev["p_at_1"], "dev_loss": dev["loss"]}
+        chosen = selection_metric(self.task, dev)
+        if chosen != "p_at_1":
+            record[f"dev_{chosen}"] = dev[chosen]
         self.history["eval"].append(record)
-        key = (dev["p_at_1"], -dev["loss"])
+        # the task's own metric picks the best state (accuracy for CB, F1a for MultiRC, P@1 for relations)
+        key = (dev[chosen], -dev["loss"])
         if key > self.best_key:
             self.best_key, self.best_step, self.best_dev, self.bad_evals = key, self.step, dev, 0
             self.best_state = copy.deepcopy(self.encoder.state_dict())
@@ -373,7 +384,7 @@ class Trainer:
         prompt = self.current_prompt() if prompt is None else prompt
         self.lm.begin_step()
         return self.forward.evaluate(examples, prompt, verbalizer=self.task.verbalizer, metrics=self.task.metrics,
-                                     scoring=self.scoring)
+                                     scoring=self.scoring, keep_predictions=self.dist.world_size > 1)
 
     @property
     def fast(self) -> FastForward | None:

@@ -76,14 +76,16 @@ def test_candidate_scoring_agrees_with_the_plain_loop_and_prints_the_ratio(monke
 
 def test_fewglue_benchmark_majority_relations_and_quick_fewglue(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """benchmarks/fewglue.py: hand-checked metrics of the majority class, the relation suite's table, and a
-    --quick FewGLUE run on a tiny GPT-2 (that part needs templates with named slots, issue 17.1)."""
+    --quick FewGLUE run on a tiny GPT-2 (two-slot templates, label words, MultiRC's F1a and EM)."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import fewglue
     from test_task_data import write_fewglue
 
     # gold T T F F with groups (a: T T) (b: F F); predicting all True: acc 1/2, F1(T) = 2*2/(2*2+2) = 2/3,
     # F1(F) = 0 -> macro 1/3; EM: question a right, b wrong -> 1/2
-    m = fewglue.classification_metrics(["True", "True", "False", "False"], ["True"] * 4, ["a", "a", "b", "b"])
+    from ptuning_lab.metrics import label_metrics       # what the benchmark's majority row and every run use
+    m = label_metrics(("accuracy", "f1_macro", "f1a", "em"), ["True", "True", "False", "False"], ["True"] * 4,
+                      ["False", "True"], ["a", "a", "b", "b"])
     assert m == {"accuracy": 0.5, "f1_macro": 1 / 3, "f1a": 2 / 3, "em": 0.5}
 
     table = tmp_path / "relations.md"
@@ -92,13 +94,14 @@ def test_fewglue_benchmark_majority_relations_and_quick_fewglue(tiny_model_dir, 
                          "--table", str(table)]) == 0
     summary = {r["encoder"]: r for r in
                json.loads((tmp_path / "rel" / "analogy-capital" / "summary.json").read_text())["summary"]}
-    assert f"| manual | {summary['manual']['test_p_at_1']:.2f} |" in table.read_text()
+    text = table.read_text()
+    assert f"| manual | {summary['manual']['test_p_at_1']:.2f} |" in text
+    assert f"| manual | {summary['manual']['test_exact_match']:.2f} |" in text.split("Exact match")[1]
+    table.unlink()                                      # --collect rebuilds it from the runs alone
+    assert fewglue.main(["relations", "--collect", "--tasks", "analogy-capital", "--methods", "direct",
+                         "--out", str(tmp_path / "rel"), "--table", str(table), "--seeds", "1"]) == 0
+    assert table.read_text().split("Test first-token")[1] == text.split("Test first-token")[1]
 
-    from ptuning_lab.templates import Template, TemplateError
-    try:
-        Template.parse("[premise] [P] [hypothesis]")
-    except TemplateError:
-        pytest.skip("templates with named slots are not on this branch (issue 17.1); FewGLUE part not run")
     data = write_fewglue(tmp_path / "fg", ["RTE", "CB", "MultiRC"])
     args = ["fewglue", "--quick", "--model", tiny_model_dir, "--device", "cpu", "--data-dir", str(data), "--tasks",
             "rte,cb,multirc", "--methods", "direct", "--out", str(tmp_path / "fg-runs"), "--table", str(tmp_path / "f.md")]
@@ -111,6 +114,12 @@ def test_fewglue_benchmark_majority_relations_and_quick_fewglue(tiny_model_dir, 
     # columns in FewGLUE order, cb first: train's labels tie (one each), so 'contradiction' (first by name) is
     # predicted; 1 of the fixture's 4 val labels is contradiction
     assert "| majority | 25.0 |" in text and "cb f1_macro" in text and "multirc em" in text
+    # one computed sentence per task, and --collect rebuilds the same page without training
+    assert sum(line.startswith(("- **rte**", "- **cb**", "- **multirc**")) for line in text.splitlines()) == 3
+    (tmp_path / "f.md").unlink()
+    assert fewglue.main(["fewglue", "--collect", "--out", str(tmp_path / "fg-runs"), "--table",
+                         str(tmp_path / "f.md")]) == 0
+    assert (tmp_path / "f.md").read_text() == text
 
 
 def test_vs_peft_times_the_bare_model_and_counts_flops(vs_peft, tmp_path, capsys):

@@ -148,6 +148,33 @@ def test_combined_shard_metrics_equal_the_whole_split(gpt2):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-12)
 
 
+def test_f1_and_em_are_recomputed_on_the_pooled_shards(gpt2):
+    """Macro-F1 and EM are not means over examples: the combined shards give the whole split's values."""
+    words = {"yes": (" yes",), "no": (" no",)}
+    examples = [Example(input=f"item {i}", target=" yes" if i % 3 else " no", label="yes" if i % 3 else "no",
+                        group=f"q{i // 3}") for i in range(15)]
+    prompt = torch.randn(2, gpt2.hidden_size, generator=torch.Generator().manual_seed(0))
+    metrics = ("accuracy", "f1_macro", "em")
+
+    def run(exs):
+        return evaluate(gpt2, "[P] [X] [P] answer:", exs, prompt, verbalizer=words, metrics=metrics,
+                        keep_predictions=True)
+
+    want = run(examples)
+    assert len(want["predictions"]["pred"]) == 15
+    naive_differs = False
+    for world in (2, 4):
+        shards = [run(shard(examples, r, world)) for r in range(world)]
+        got = combine_metrics(shards)
+        assert "predictions" not in got
+        for name in metrics:
+            assert got[name] == pytest.approx(want[name], abs=1e-12), name
+        # the n-weighted mean of the shards' values (what a plain combine would give) is not the answer
+        naive = {m: sum(r[m] * r["n"] for r in shards) / 15 for m in ("f1_macro", "em")}
+        naive_differs |= any(abs(naive[m] - want[m]) > 1e-9 for m in naive)
+    assert naive_differs
+
+
 def test_count_metrics_are_combined_exactly():
     """P@1 from counts: 1/3 on 3 examples and 3/7 on 7 give exactly 4/10, the single-process float."""
     got = combine_metrics([{"n": 3, "p_at_1": 1 / 3, "loss": 2.0}, {"n": 7, "p_at_1": 3 / 7, "loss": 1.0},

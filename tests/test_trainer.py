@@ -341,6 +341,34 @@ def test_label_words_sharing_a_first_token_are_named_in_a_warning(gpt2):
         Trainer(gpt2, enc, task, "[P] [X] is [P]", progress=False)
 
 
+def test_classification_keeps_the_state_best_on_dev_accuracy(gpt2, monkeypatch):
+    """A classification task picks its best state by its own metric (accuracy), not first-token P@1."""
+    words = {"positive": (" good", " great"), "negative": (" bad",)}
+    exs = [Example(f"text{i}", words[label][0].strip(), label) for i, label in
+           enumerate(["positive", "negative", "negative"] * 6)]
+    task = Task("pol", "[X] is", exs[:9], exs[9:15], exs[15:], sorted(w for ws in words.values() for w in ws),
+                kind="classification", verbalizer=words, metrics=("accuracy", "f1_macro"))
+    enc = build_encoder("mlp", 2, gpt2.embedding.detach(), init="vocab", seed=0)
+    trainer = Trainer(gpt2, enc, task, "[P] [X] is [P]", TrainConfig(max_steps=4, eval_every=1, batch_size=4,
+                                                                       lr=0.05, seed=0), progress=False)
+    # scripted dev scores, one per evaluation, where P@1 and accuracy disagree on the best step
+    script = iter([(0.9, 0.2), (0.1, 0.8), (0.95, 0.4), (0.2, 0.6)])
+    prompts = {}
+
+    def scripted(examples, prompt=None):
+        p1, acc = next(script)
+        prompts[trainer.step] = trainer.current_prompt().detach().cpu().clone()
+        return {"n": len(examples), "p_at_1": p1, "loss": 1.0, "accuracy": acc, "f1_macro": acc}
+
+    monkeypatch.setattr(trainer, "score", scripted)
+    result = trainer.fit()
+    evals = trainer.history["eval"]
+    assert [r["dev_accuracy"] for r in evals] == [0.2, 0.8, 0.4, 0.6]
+    step = evals[1]["step"]                                                 # P@1 alone would pick evals[2]
+    assert result.best_step == step and result.best_dev["accuracy"] == 0.8
+    assert torch.equal(result.prompt, prompts[step])                        # and that step's state is restored
+
+
 # ---------------------------------------------------------------- whole-answer losses
 def multi_token_task():
     """A relation whose answers have 1 to 3 tokens (what answer_loss='full' is for)."""
