@@ -58,12 +58,14 @@ def metric(row: dict, name: str, split: str = "test"):
     return value
 
 
-def run_task(lm, task, methods, seeds, lrs, train, log) -> list[dict]:
+def run_task(lm, task, methods, seeds, lrs, train, log, save=lambda rows: None) -> list[dict]:
+    """Rows of majority, manual and every (method, seed); ``save(rows)`` after each, so a cut run keeps its part."""
     from ptuning_lab.experiments import baseline, default_template, train_one
 
     rows = [majority(task)]
     manual = baseline(lm, task)
     rows.append({**manual, **{f"test_{m}": metric(manual, m) for m in task.metrics}})
+    save(rows)
     dev_key = task.metrics[0]
     template = default_template(task.template)
     for enc in methods:
@@ -80,6 +82,7 @@ def run_task(lm, task, methods, seeds, lrs, train, log) -> list[dict]:
             row = {"task": task.name, "encoder": enc, "seed": seed, "lr": lr, "dev": dev,
                    "train_seconds": m.get("train_seconds"), **{f"test_{k}": metric(m, k) for k in task.metrics}}
             rows.append(row)
+            save(rows)
             log(f"  {task.name:<8} {enc:<7} seed {seed} lr {lr:g}: dev {dev:.3f} "
                 + " ".join(f"{k} {row[f'test_{k}']:.3f}" if row[f"test_{k}"] is not None else f"{k} n/a"
                            for k in task.metrics))
@@ -160,15 +163,21 @@ def fewglue_main(args, argv) -> int:
     train = {"max_steps": args.max_steps, "eval_every": args.eval_every, "batch_size": args.batch_size}
     for task in tasks:
         start = time.perf_counter()
-        rows = run_task(lm, task, methods, args.seeds, lrs, train, lambda line: print(line, flush=True))
-        (out / task.name).mkdir(parents=True, exist_ok=True)
-        part = {"task": task.name, "metrics": list(task.metrics), "test_size": len(task.test), "model": lm.name,
-                "command": " ".join(["python", "benchmarks/fewglue.py", *argv]), "date": str(datetime.date.today()),
-                "device": _device(lm), "seconds": round(time.perf_counter() - start, 1), "seeds": args.seeds,
-                "settings": {"lrs": args.lrs, "max_steps": args.max_steps, "batch_size": args.batch_size}, "rows": rows}
-        tmp = out / task.name / "fewglue.json.tmp"
-        tmp.write_text(json.dumps(part, indent=1))
-        tmp.replace(out / task.name / "fewglue.json")
+
+        def save(rows, task=task, start=start, done=False):
+            (out / task.name).mkdir(parents=True, exist_ok=True)
+            part = {"task": task.name, "metrics": list(task.metrics), "test_size": len(task.test), "model": lm.name,
+                    "command": " ".join(["python", "benchmarks/fewglue.py", *argv]),
+                    "date": str(datetime.date.today()), "device": _device(lm),
+                    "seconds": round(time.perf_counter() - start, 1), "seeds": args.seeds, "complete": done,
+                    "settings": {"lrs": args.lrs, "max_steps": args.max_steps, "batch_size": args.batch_size},
+                    "rows": rows}
+            tmp = out / task.name / "fewglue.json.tmp"
+            tmp.write_text(json.dumps(part, indent=1))
+            tmp.replace(out / task.name / "fewglue.json")
+
+        save(run_task(lm, task, methods, args.seeds, lrs, train, lambda line: print(line, flush=True), save),
+             done=True)
     return write_table(args, out)
 
 
@@ -183,7 +192,8 @@ def write_table(args, out: Path) -> int:
     table = markdown(results, metrics_of)
     sizes = ", ".join(f"{p['task']} {p['test_size']}" for p in parts)
     made = "\n".join(f"- {p['task']}: `{p['command']}` — {p.get('date', '?')}, model `{p['model']}`, "
-                     f"{p.get('device', '?')}, {p.get('seconds', float('nan')) / 60:.1f} min" for p in parts)
+                     f"{p.get('device', '?')}, {p.get('seconds', float('nan')) / 60:.1f} min"
+                     + ("" if p.get("complete", True) else " (**cut short**: only the runs shown)") for p in parts)
     first = parts[0].get("settings", {"lrs": args.lrs, "max_steps": args.max_steps, "batch_size": args.batch_size})
     seeds = sorted({p.get("seeds", args.seeds) for p in parts})
     text = (f"# FewGLUE_32dev: manual prompt, majority class and P-tuning\n\n"
