@@ -58,8 +58,10 @@ def metric(row: dict, name: str, split: str = "test"):
     return value
 
 
-def run_task(lm, task, methods, seeds, lrs, train, log, save=lambda rows: None) -> list[dict]:
-    """Rows of majority, manual and every (method, seed); ``save(rows)`` after each, so a cut run keeps its part."""
+def run_task(lm, task, methods, seeds, lrs, train, log, save=lambda rows: None, done=frozenset()) -> list[dict]:
+    """Rows of majority, manual and every (method, seed); ``save(rows)`` after each, so a cut run keeps its part.
+
+    ``done``: (method, seed) pairs another part already holds (``--resume``): skipped."""
     from ptuning_lab.experiments import baseline, default_template, train_one
 
     rows = [majority(task)]
@@ -70,6 +72,8 @@ def run_task(lm, task, methods, seeds, lrs, train, log, save=lambda rows: None) 
     template = default_template(task.template)
     for enc in methods:
         for seed in range(seeds):
+            if (enc, seed) in done:
+                continue
             best = None
             for lr in lrs:          # model selection on dev32 only: the lr with the best dev score
                 run = train_one(lm, task, encoder=enc, template=template, seed=seed, train={**train, "lr": lr},
@@ -172,18 +176,42 @@ def fewglue_main(args, argv) -> int:
                     "seconds": round(time.perf_counter() - start, 1), "seeds": args.seeds, "complete": done,
                     "settings": {"lrs": args.lrs, "max_steps": args.max_steps, "batch_size": args.batch_size},
                     "rows": rows}
-            tmp = out / task.name / "fewglue.json.tmp"
+            name = f"fewglue.{args.part}.json" if args.part else "fewglue.json"
+            tmp = out / task.name / (name + ".tmp")
             tmp.write_text(json.dumps(part, indent=1))
-            tmp.replace(out / task.name / "fewglue.json")
+            tmp.replace(out / task.name / name)
 
-        save(run_task(lm, task, methods, args.seeds, lrs, train, lambda line: print(line, flush=True), save),
-             done=True)
+        held = {(r["encoder"], r.get("seed")) for p in _parts(out / task.name) for r in p["rows"]} if args.resume else set()
+        save(run_task(lm, task, methods, args.seeds, lrs, train, lambda line: print(line, flush=True), save,
+                      frozenset(held)), done=True)
     return write_table(args, out)
 
 
+def _parts(task_dir: Path) -> list[dict]:
+    """Every part file of one task (``fewglue.json``, ``fewglue.<part>.json``), oldest name first."""
+    return [json.loads(p.read_text()) for p in sorted(task_dir.glob("fewglue*.json"))]
+
+
+def _merge(parts: list[dict]) -> dict:
+    """One task's parts as one: rows unique by (method, seed), the first part's baselines; how each was made."""
+    rows, seen = [], set()
+    for p in parts:
+        for r in p["rows"]:
+            if (r["encoder"], r.get("seed")) not in seen:
+                seen.add((r["encoder"], r.get("seed")))
+                rows.append(r)
+    merged = {**parts[0], "rows": rows, "seconds": sum(p.get("seconds", 0) for p in parts),
+              "commands": list(dict.fromkeys(p["command"] for p in parts))}
+    seeds = max(p.get("seeds", 0) for p in parts)
+    methods = {r["encoder"] for r in rows} - {"majority", "manual"}
+    merged["complete"] = all(p.get("complete", True) for p in parts) or \
+        all((m, s) in seen for m in methods for s in range(seeds))
+    return merged
+
+
 def write_table(args, out: Path) -> int:
-    """The table of every task found in ``out`` (each ``<task>/fewglue.json``), with how each part was made."""
-    parts = [json.loads(p.read_text()) for p in sorted(out.glob("*/fewglue.json"))]
+    """The table of every task found in ``out`` (its ``<task>/fewglue*.json`` parts), with how each was made."""
+    parts = [_merge(_parts(d)) for d in sorted(out.iterdir()) if d.is_dir() and _parts(d)] if out.is_dir() else []
     if not parts:
         raise SystemExit(f"error: no */fewglue.json under {out}; run some tasks first (without --collect).")
     parts.sort(key=lambda p: FEWGLUE.index(p["task"]))
@@ -191,7 +219,8 @@ def write_table(args, out: Path) -> int:
     metrics_of = {p["task"]: tuple(p["metrics"]) for p in parts}
     table = markdown(results, metrics_of)
     sizes = ", ".join(f"{p['task']} {p['test_size']}" for p in parts)
-    made = "\n".join(f"- {p['task']}: `{p['command']}` — {p.get('date', '?')}, model `{p['model']}`, "
+    made = "\n".join(f"- {p['task']}: " + "; ".join(f"`{c}`" for c in p["commands"])
+                     + f" — {p.get('date', '?')}, model `{p['model']}`, "
                      f"{p.get('device', '?')}, {p.get('seconds', float('nan')) / 60:.1f} min"
                      + ("" if p.get("complete", True) else " (**cut short**: only the runs shown)") for p in parts)
     first = parts[0].get("settings", {"lrs": args.lrs, "max_steps": args.max_steps, "batch_size": args.batch_size})
@@ -254,6 +283,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-test", type=int, default=None, help="Cap the test split (SuperGLUE validation).")
     p.add_argument("--data-dir", default=None, help="FewGLUE_32dev directory (default: $PTUNING_LAB_FEWGLUE).")
     p.add_argument("--quick", action="store_true", help="Smoke run: 1 seed, 2 steps, 8 test examples.")
+    p.add_argument("--resume", action="store_true",
+                   help="Skip the (method, seed) runs a task's files under --out already hold.")
+    p.add_argument("--part", default=None,
+                   help="Write <task>/fewglue.PART.json (parallel commands on one task each write their own part).")
     p.add_argument("--collect", action="store_true",
                    help="Train nothing: rebuild the table from every <task>/fewglue.json under --out.")
     p.add_argument("--out", default=None)

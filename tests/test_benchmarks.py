@@ -120,6 +120,15 @@ def test_fewglue_benchmark_majority_relations_and_quick_fewglue(tiny_model_dir, 
     assert fewglue.main(["fewglue", "--collect", "--out", str(tmp_path / "fg-runs"), "--table",
                          str(tmp_path / "f.md")]) == 0
     assert (tmp_path / "f.md").read_text() == text
+    # a second command on one task, in its own part file, runs only what the first lacks; the table merges both
+    more = ["fewglue", "--quick", "--model", tiny_model_dir, "--device", "cpu", "--data-dir", str(data), "--tasks",
+            "rte", "--methods", "direct,prefix", "--resume", "--part", "b", "--out", str(tmp_path / "fg-runs"),
+            "--table", str(tmp_path / "f.md")]
+    assert fewglue.main(more) == 0
+    part_b = json.loads((tmp_path / "fg-runs" / "rte" / "fewglue.b.json").read_text())
+    assert [r["encoder"] for r in part_b["rows"]] == ["majority", "manual", "prefix"]
+    merged = (tmp_path / "f.md").read_text()
+    assert "| direct |" in merged and "| prefix |" in merged and "--part b" in merged
 
 
 def test_vs_peft_times_the_bare_model_and_counts_flops(vs_peft, tmp_path, capsys):

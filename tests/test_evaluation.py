@@ -72,7 +72,7 @@ def test_single_token_answers_need_no_second_forward(lm64):
 
 
 # ---------------------------------------------------------------- label words, choices, exact match
-from ptuning_lab.evaluation import (LabelScoring, answer_logits, choice_scores, evaluate,  # noqa: E402
+from ptuning_lab.evaluation import (LabelScoring, answer_logits, choice_logprobs, choice_scores, evaluate,  # noqa: E402
                                     label_scores, warn_shared_first_tokens)
 from ptuning_lab.fast import FastForward  # noqa: E402
 from ptuning_lab.metrics import exact_match_groups, f1_macro, f1a, label_metrics  # noqa: E402
@@ -119,6 +119,25 @@ def test_choice_scores_and_multiple_choice_accuracy(lm64):
     got = evaluate(lm64, template, examples)                  # targets left empty: the gold choices
     hand = sum(str(int(w.argmax())) == ex.label for ex, w in zip(examples, want)) / 2
     assert got["accuracy"] == hand and got["n"] == 2
+
+
+@pytest.mark.parametrize("kind,template", [("input", "[P] Premise: [X] So [P]"), ("prefix", "Premise: [X] So")])
+@pytest.mark.parametrize("chunk", [256, 1])
+def test_batched_choice_scores_equal_the_plain_loop(lm64, chunk, kind, template):
+    """choice_logprobs (every example's choices in a few calls) == each choice run in full, one at a time,
+    with a prompt, padding (inputs of different lengths) and choices of 1 to several tokens."""
+    examples = [Example("The sun rose over the quiet hills.", label="1", choices=("it rained all night", "birds sang")),
+                Example("He dropped it.", label="0", choices=("it broke", "it sang a song", "nothing")),
+                Example("Rain.", label="0", choices=("wet", "the street was dry and dusty"))]
+    prompt = _prompt(lm64, kind, 2)
+    want = [plain_scores(lm64, template, ex.input, list(ex.choices), prompt) for ex in examples]
+    got = choice_logprobs(lm64, template, examples, prompt, chunk=chunk, logits_chunk=3)
+    assert [g.shape for g in got] == [w.shape for w in want]
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=0, atol=1e-9), (g - w).abs().max()
+    mean = choice_logprobs(lm64, template, examples, prompt, reduce="mean")
+    lens = torch.tensor([len(lm64.answer_ids(c)) for c in examples[1].choices], dtype=torch.float64)
+    assert torch.allclose(mean[1], want[1] / lens, rtol=0, atol=1e-9)
 
 
 def test_classification_evaluate_reports_accuracy_and_macro_f1_of_full_label_scores(lm64):
