@@ -203,9 +203,9 @@ def _merge(parts: list[dict]) -> dict:
     merged = {**parts[0], "rows": rows, "seconds": sum(p.get("seconds", 0) for p in parts),
               "commands": list(dict.fromkeys(p["command"] for p in parts))}
     seeds = max(p.get("seeds", 0) for p in parts)
-    methods = {r["encoder"] for r in rows} - {"majority", "manual"}
-    merged["complete"] = all(p.get("complete", True) for p in parts) or \
-        all((m, s) in seen for m in methods for s in range(seeds))
+    methods = [m for m in METHODS if any(r["encoder"] == m for r in rows)]
+    merged["missing"] = [f"{m} seed {s}" for m in methods for s in range(seeds) if (m, s) not in seen]
+    merged["complete"] = not merged["missing"] and (all(p.get("complete", True) for p in parts) or bool(methods))
     return merged
 
 
@@ -219,14 +219,19 @@ def write_table(args, out: Path) -> int:
     metrics_of = {p["task"]: tuple(p["metrics"]) for p in parts}
     table = markdown(results, metrics_of)
     sizes = ", ".join(f"{p['task']} {p['test_size']}" for p in parts)
-    made = "\n".join(f"- {p['task']}: " + "; ".join(f"`{c}`" for c in p["commands"])
-                     + f" — {p.get('date', '?')}, model `{p['model']}`, "
-                     f"{p.get('device', '?')}, {p.get('seconds', float('nan')) / 60:.1f} min"
-                     + ("" if p.get("complete", True) else " (**cut short**: only the runs shown)") for p in parts)
+    made = "\n".join(f"- {p['task']}: {len(p['commands'])} command(s), {p.get('date', '?')}, model `{p['model']}`, "
+                     f"{p.get('device', '?')}, {p.get('seconds', float('nan')) / 60:.1f} process-minutes"
+                     + (f" (**not run**: {', '.join(p['missing'])})" if p.get("missing") else
+                        "" if p.get("complete", True) else " (**cut short**: only the runs shown)") for p in parts)
+    one = parts[0]["commands"][0]
     first = parts[0].get("settings", {"lrs": args.lrs, "max_steps": args.max_steps, "batch_size": args.batch_size})
     seeds = sorted({p.get("seeds", args.seeds) for p in parts})
     text = (f"# FewGLUE_32dev: manual prompt, majority class and P-tuning\n\n"
-            f"Made by (one command per task; they can run in parallel, and `--collect` rebuilds this page):\n\n"
+            f"Made by one command per task (or per task and method: `--methods M --resume --part M`), run in "
+            f"parallel; each part's exact command is in its `<task>/fewglue*.json` under `{out}`, e.g.\n\n"
+            f"    {one}\n\n"
+            f"and `python benchmarks/fewglue.py fewglue --collect --out {out} --table {args.table}` rebuilds this page. "
+            f"Process-minutes add up parts that shared one GPU, so they are not speed measurements.\n\n"
             f"{made}\n\n"
             f"Test = SuperGLUE validation ({sizes} examples; capped by --max-test), in points, mean ± std over "
             f"{'/'.join(map(str, seeds))} seed(s). 32 train examples, 32 dev (dev32) choose the best checkpoint (on "

@@ -43,9 +43,9 @@ FALLBACK_LR = 3e-3
 
 # What the training loss reads of the answer (TrainConfig.answer_loss; ptuning_lab.answer_loss). 'first'
 # (the LAMA objective the paper trains) stays the default: it is what P@1 measures, it costs one
-# next-token distribution per example (no answer tokens in the forward), and 'full' showed no gain on
-# 'capital' (SmolLM2-135M, 30 steps, 1 seed: exact match 0.40 vs 0.50, P@1 0.45 vs 0.55 on 20 test
-# examples): docs/answer_loss.md, benchmarks/answer_loss.py.
+# next-token distribution per example (no answer tokens in the forward), and 'full' showed no gain beyond
+# seed noise on four relations with multi-token answers (SmolLM2-135M, 60 steps, 3 seeds: exact match
+# within about one std either way): docs/answer_loss.md, benchmarks/answer_loss.py.
 ANSWER_LOSSES = ("first", "full", "labels")
 
 
