@@ -27,7 +27,6 @@ import platform
 import statistics
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -37,16 +36,11 @@ QUICK = {"seeds": 1, "max_steps": 2, "eval_every": 1, "max_test": 8}
 
 
 def majority(task) -> dict:
-    """The train split's most frequent label (ties: the first in label order) predicted for every test example."""
-    from ptuning_lab.metrics import label_metrics
+    """The train split's most frequent label predicted for every test example (``experiments.majority``)."""
+    from ptuning_lab.experiments import majority as majority_row
 
-    counts = Counter(e.label for e in task.train)
-    label = max(sorted(counts), key=lambda k: counts[k])
-    gold = [e.label for e in task.test]
-    labels = task.labels or sorted(set(gold))
-    scores = label_metrics(task.metrics, gold, [label] * len(gold), labels, [e.group for e in task.test])
-    return {"task": task.name, "encoder": "majority", "seed": None,
-            **{f"test_{m}": scores[m] for m in task.metrics}}
+    row = majority_row(task)
+    return {"task": task.name, "encoder": "majority", "seed": None, **{k: v for k, v in row.items() if k.startswith("test_")}}
 
 
 def metric(row: dict, name: str, split: str = "test"):

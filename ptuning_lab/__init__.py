@@ -10,7 +10,8 @@ from .checkpoint import CheckpointError, Run, load_run
 from .prompts import (METHODS, DirectConfig, EncoderError, LSTMConfig, MLPConfig, PrefixConfig, PrefixEncoder,
                       PrefixKV, PromptEncoder, build_encoder, build_prefix_encoder, prefix_norms)
 from .evaluation import evaluate
-from .experiments import CompareResult, RunResult, baseline, compare, default_init, default_template, summarize, train_one
+from .experiments import (CompareResult, RunResult, baseline, compare, default_init, default_template, majority,
+                          summarize, train_one)
 from .frozen_lm import Batch, FrozenLM, readable_token
 from .manifold import (VocabProjection, decoded_f1, drift_metrics, drift_over_training, fit_projection,
                        metric_agreement, nearest_tokens, snap_report, snap_to_vocab, vocab_stats, waywardness_penalty)
@@ -40,5 +41,6 @@ __all__ = [
     "nearest_tokens", "snap_report", "snap_to_vocab", "vocab_stats", "waywardness_penalty",
     "PrefixConfig", "PrefixEncoder", "PrefixKV", "build_prefix_encoder", "prefix_norms",
     "ImportedPrompt", "PeftExportError", "PeftImportError", "export_peft", "import_peft", "save_imported",
-    "CompareResult", "RunResult", "baseline", "compare", "default_init", "default_template", "summarize", "train_one",
+    "CompareResult", "RunResult", "baseline", "compare", "default_init", "default_template", "majority", "summarize",
+    "train_one",
 ]

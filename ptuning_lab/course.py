@@ -95,6 +95,19 @@ def notebooks_dir() -> Path:
     return Path(__file__).resolve().parents[1] / NOTEBOOK_DIR
 
 
+def fewglue_dir() -> str | None:
+    """Where a lesson finds the FewGLUE_32dev files: ``$PTUNING_LAB_FEWGLUE``, else ``shared/data/fewglue_32dev``
+    beside the repository (the layout of this project's machines), else None (``load_task`` then tries the hub)."""
+    from .tasks.superglue import FEWGLUE_ENV
+
+    places = [os.environ.get(FEWGLUE_ENV), notebooks_dir().parent.parent / "shared" / "data" / "fewglue_32dev",
+              Path.cwd().parent / "shared" / "data" / "fewglue_32dev"]
+    for place in places:
+        if place and (Path(place) / "CB").is_dir():
+            return str(place)
+    return None
+
+
 def notebook_files() -> list[Path]:
     """Every lesson notebook, sorted: the files matching ``NOTEBOOK_GLOB`` in :func:`notebooks_dir`."""
     return sorted(notebooks_dir().glob(NOTEBOOK_GLOB))
@@ -110,6 +123,8 @@ class Size:
     steps: int = field(metadata={"help": "Training steps of a single run (notebooks 02, 03, 05, 06, 07)."})
     compare_steps: int = field(metadata={"help": "Training steps of each run of the seeded comparison (notebook 04)."})
     sweep_steps: int = field(metadata={"help": "Training steps of each run of the waywardness sweep (notebook 05)."})
+    sentence_steps: int = field(metadata={"help": "Training steps of the sentence-level runs (reviews, CB: notebook 06)."})
+    sentence_batch_size: int = field(metadata={"help": "Examples per step of those runs (sentences cost more tokens)."})
     eval_every: int = field(metadata={"help": "Score the dev split every k steps (the curves' resolution)."})
     batch_size: int = field(metadata={"help": "Examples per training step."})
     seeds: int = field(metadata={"help": "Seeds per method in the comparison (notebook 04)."})
@@ -120,11 +135,16 @@ class Size:
     umap_epochs: int | None = field(metadata={"help": "UMAP epochs (None = UMAP's default)."})
     map_points: int = field(metadata={"help": "Vocabulary points drawn on a map figure."})
 
-    def train_kwargs(self, steps: int | None = None) -> dict:
+    def train_kwargs(self, steps: int | None = None, batch_size: int | None = None) -> dict:
         """``TrainConfig`` fields for a run of ``steps`` (default :attr:`steps`) at this size."""
         steps = self.steps if steps is None else steps
-        return {"max_steps": steps, "eval_every": min(self.eval_every, steps), "batch_size": self.batch_size,
+        return {"max_steps": steps, "eval_every": min(self.eval_every, steps),
+                "batch_size": self.batch_size if batch_size is None else batch_size,
                 "snapshot_every": max(1, steps // 12)}
+
+    def sentence_kwargs(self) -> dict:
+        """``TrainConfig`` fields of a sentence-level run (:attr:`sentence_steps` of :attr:`sentence_batch_size`)."""
+        return self.train_kwargs(self.sentence_steps, self.sentence_batch_size)
 
     def describe(self) -> str:
         return (f"size '{self.name}': {self.max_examples or 'all'} examples per task, {self.steps} steps per run, "
@@ -134,11 +154,13 @@ class Size:
 # Lesson: runs that show real effects (P-tuning beats the manual prompt) in a few minutes on 2 CPU cores.
 # The subsets equal fit_projection's and vocab_stats' defaults, which `ptuning-lab warm-cache` (and
 # binder/postBuild) compute ahead of time, so a lesson finds them in the cache.
-LESSON = Size(name="lesson", max_examples=150, steps=60, compare_steps=40, sweep_steps=40, eval_every=10,
+LESSON = Size(name="lesson", max_examples=150, steps=60, compare_steps=40, sweep_steps=40, sentence_steps=30,
+              sentence_batch_size=8, eval_every=10,
               batch_size=16, seeds=3, gammas=(0.0, 0.01, 0.03, 0.1, 0.3, 1.0), stats_subset=5000,
               map_subset=5000, umap_subset=3000, umap_epochs=None, map_points=3000)
 # CI: the same cells on a few examples and steps: checks that every notebook runs, not what it finds.
-CI = Size(name="ci", max_examples=40, steps=4, compare_steps=3, sweep_steps=3, eval_every=2, batch_size=8,
+CI = Size(name="ci", max_examples=40, steps=4, compare_steps=3, sweep_steps=3, sentence_steps=3,
+          sentence_batch_size=4, eval_every=2, batch_size=8,
           seeds=2, gammas=(0.0, 1.0), stats_subset=1000, map_subset=1000, umap_subset=300, umap_epochs=30,
           map_points=500)
 SIZES = {s.name: s for s in (LESSON, CI)}

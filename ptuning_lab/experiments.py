@@ -210,6 +210,24 @@ def baseline(lm, task) -> dict:
             "test_candidate_accuracy": test["candidate_accuracy"], **task_metrics(task, test), "trainable_params": 0}
 
 
+def majority(task) -> dict:
+    """The majority-class baseline of a classification or multiple-choice task: train's most frequent
+    label (ties: the first by name) predicted for every test example, scored with the task's metrics."""
+    from collections import Counter
+
+    from .metrics import label_metrics
+
+    if task.kind == "relation":
+        raise ValueError(f"{task.name} is a relation: it has no labels to count; compare with baseline() instead.")
+    counts = Counter(ex.label for ex in task.train)
+    label = max(sorted(counts), key=lambda k: counts[k])
+    gold = [ex.label for ex in task.test]
+    labels = task.labels or sorted(set(gold) | {label})
+    scores = label_metrics(task.metrics, gold, [label] * len(gold), labels, [ex.group for ex in task.test])
+    return {"task": task.name, "encoder": "majority", "label": label, "trainable_params": 0,
+            **{f"test_{m}": v for m, v in scores.items()}}
+
+
 def task_scoring(task) -> dict:
     """What ``evaluation.evaluate`` needs to know of ``task``: its label words and its metrics."""
     return {"verbalizer": task.verbalizer, "metrics": task.metrics}
@@ -304,5 +322,5 @@ def compare(lm, tasks, encoders: Sequence[str], seeds: int | Sequence[int], trai
     return result
 
 
-__all__ = ["DEFAULT_VIRTUAL", "RunResult", "CompareResult", "default_template", "default_init", "train_one",
+__all__ = ["DEFAULT_VIRTUAL", "RunResult", "CompareResult", "default_template", "default_init", "train_one", "majority",
            "baseline", "summarize", "compare"]

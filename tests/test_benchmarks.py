@@ -128,7 +128,7 @@ def test_fewglue_benchmark_majority_relations_and_quick_fewglue(tiny_model_dir, 
     part_b = json.loads((tmp_path / "fg-runs" / "rte" / "fewglue.b.json").read_text())
     assert [r["encoder"] for r in part_b["rows"]] == ["majority", "manual", "prefix"]
     merged = (tmp_path / "f.md").read_text()
-    assert "| direct |" in merged and "| prefix |" in merged and "--part b" in merged
+    assert "| direct |" in merged and "| prefix |" in merged and "- rte: 2 command(s)" in merged
 
 
 def test_vs_peft_times_the_bare_model_and_counts_flops(vs_peft, tmp_path, capsys):

@@ -124,3 +124,20 @@ def test_seeds_can_be_named(lm, task, tmp_path):
     result = compare(lm, [task], ["direct"], [5], {"max_steps": 1, "batch_size": 4}, tmp_path / "c",
                      progress=False, log=lambda line: None)
     assert list(result.runs) == [("capital", "direct", 5)] and result.rows[1]["seed"] == 5
+
+
+def test_majority_baseline_predicts_train_s_most_frequent_label():
+    """Train has 3 'no' and 2 'yes': 'no' for every test example; test gold no no yes -> accuracy 2/3,
+    macro-F1 over (yes, no) = (0 + 0.8) / 2."""
+    from ptuning_lab.experiments import majority
+    from ptuning_lab.tasks import Example, Task
+
+    ex = lambda label: Example(input="x", target=label, label=label)             # noqa: E731
+    task = Task("t", "[X] is", [ex("no"), ex("yes"), ex("no"), ex("yes"), ex("no")], [ex("no")],
+                [ex("no"), ex("no"), ex("yes")], ["no", "yes"], kind="classification",
+                verbalizer={"yes": "yes", "no": "no"}, metrics=("accuracy", "f1_macro"))
+    row = majority(task)
+    assert row["label"] == "no" and row["test_accuracy"] == pytest.approx(2 / 3)
+    assert row["test_f1_macro"] == pytest.approx((0 + 2 * 2 / (2 * 2 + 1)) / 2)
+    with pytest.raises(ValueError, match="relation"):
+        majority(Task("r", "[X] is", [ex("a")], [ex("a")], [ex("a")], ["a"]))

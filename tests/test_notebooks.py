@@ -326,8 +326,8 @@ def test_size_reads_one_environment_variable(monkeypatch):
 
 def test_ci_does_less_work_than_a_lesson_in_every_dimension():
     lesson, ci = course.LESSON, course.CI
-    for name in ("max_examples", "steps", "compare_steps", "sweep_steps", "seeds", "stats_subset", "map_subset",
-                 "umap_subset", "map_points"):
+    for name in ("max_examples", "steps", "compare_steps", "sweep_steps", "sentence_steps", "sentence_batch_size",
+                 "seeds", "stats_subset", "map_subset", "umap_subset", "map_points"):
         assert getattr(ci, name) < getattr(lesson, name), name
     assert len(ci.gammas) < len(lesson.gammas) and ci.seeds >= 2      # a std across seeds still exists
     # the lesson's map and statistics are the ones `ptuning-lab warm-cache` (binder/postBuild) precomputes
@@ -346,6 +346,8 @@ def test_train_kwargs_are_valid_trainer_settings():
             assert config.max_steps == steps and config.eval_every <= steps and config.batch_size == size.batch_size
             # several snapshots per run, so the map shows a trajectory
             assert steps // config.snapshot_every >= min(steps, 12)
+        sentence = pl.TrainConfig(**size.sentence_kwargs())
+        assert (sentence.max_steps, sentence.batch_size) == (size.sentence_steps, size.sentence_batch_size)
 
 
 def test_prewarm_fills_the_caches_the_notebooks_read(tmp_path, monkeypatch, tokenizer):

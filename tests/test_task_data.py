@@ -311,3 +311,30 @@ def test_tasks_command_lists_every_task_with_its_data(fewglue, capsys, monkeypat
     assert main(["tasks"]) == 0                                          # no FewGLUE directory: listed, not fatal
     out = capsys.readouterr().out
     assert "rte" in out and "unavailable" in out and "PTUNING_LAB_FEWGLUE" in out
+
+
+def test_reviews_recast_as_entailment_keeps_the_reviews_and_their_splits(rt_files):
+    """reviews-entailment: the same snippets, splits and order as `reviews` (same seed), each as a
+    [premise] with the fixed hypothesis; fresh -> yes, rotten -> no; label words checked like any task."""
+    reviews_ = load_task("reviews", source="files", seed=3)
+    pair = load_task("reviews-entailment", source="files", seed=3)
+    assert pair.kind == "classification" and pair.metrics == ("accuracy", "f1_macro")
+    assert pair.template == "[premise] Question: [hypothesis]? Answer:"
+    assert len(pair.examples) == len(reviews_.examples) == 11
+    for a, b in zip(reviews_.train + reviews_.dev + reviews_.test, pair.train + pair.dev + pair.test):
+        assert b.fields["premise"] == a.input and b.fields["hypothesis"] == "The critic liked the film"
+        assert b.label == {"fresh": "yes", "rotten": "no"}[a.label] and b.target == {"yes": "Yes", "no": "No"}[b.label]
+    assert len(pair.test) == len(reviews_.test) and pair.verbalizer == {"no": ("No",), "yes": ("Yes",)}
+    with pytest.raises(TaskError, match="have no verbalizer word"):
+        load_task("reviews-entailment", source="files", verbalizer={"yes": "Yes"})
+
+
+def test_course_finds_the_fewglue_directory_from_the_environment(tmp_path, monkeypatch):
+    from ptuning_lab import course
+
+    (tmp_path / "CB").mkdir()
+    monkeypatch.setenv("PTUNING_LAB_FEWGLUE", str(tmp_path))
+    assert course.fewglue_dir() == str(tmp_path)
+    monkeypatch.setenv("PTUNING_LAB_FEWGLUE", str(tmp_path / "nowhere"))
+    found = course.fewglue_dir()              # falls back to shared/data beside the checkout, or None
+    assert found is None or (Path(found) / "CB").is_dir()

@@ -33,7 +33,7 @@ def check_split_invariants(task: Task, n: int | None = None) -> None:
     assert task.train and task.dev and task.test
     ids = Counter(ex for ex in task.examples)
     assert max(ids.values()) == 1, "an example appears twice"
-    inputs = [ex.input for ex in task.examples]
+    inputs = [(ex.input, tuple(sorted(ex.fields.items()))) for ex in task.examples]      # [X] or the named slots
     assert len(set(inputs)) == len(inputs), "an input is in two splits"
     if n is not None:
         assert len(task.examples) == n

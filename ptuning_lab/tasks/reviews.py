@@ -119,8 +119,37 @@ def subjectivity_task(seed: int = 0, template: str | None = None, split: Sequenc
     return task
 
 
+ENTAILMENT_TEMPLATE = "[premise] Question: [hypothesis]? Answer:"
+ENTAILMENT_HYPOTHESIS = "The critic liked the film"
+ENTAILMENT_VERBALIZER = {"yes": ("Yes",), "no": ("No",)}
+
+
+def reviews_entailment_task(seed: int = 0, template: str | None = None, split: Sequence[float] = DEFAULT_SPLIT,
+                            max_examples: int | None = None, verbalizer: dict | None = None,
+                            source: str = "auto") -> Task:
+    """The review snippets recast as entailment (Wang et al. 2021, "Entailment as Few-Shot Learner"): a
+    two-slot task, ``[premise]`` = the snippet, ``[hypothesis]`` = "The critic liked the film"; yes for
+    fresh, no for rotten. The same sentences and splits as ``reviews`` with the same seed."""
+    base = reviews_task(seed, None, split, max_examples, None, source)
+    verb = _check_verbalizer(ENTAILMENT_VERBALIZER if verbalizer is None else verbalizer, ["no", "yes"])
+
+    def recast(examples):
+        out = []
+        for ex in examples:
+            label = "yes" if ex.label == "fresh" else "no"
+            out.append(Example(target=verb[label][0], label=label,
+                               fields={"premise": ex.input, "hypothesis": ENTAILMENT_HYPOTHESIS}))
+        return out
+
+    words = sorted({w for ws in verb.values() for w in ws})
+    return Task("reviews-entailment", template or ENTAILMENT_TEMPLATE, recast(base.train), recast(base.dev),
+                recast(base.test), words, kind="classification", verbalizer=verb, metrics=("accuracy", "f1_macro"),
+                source=f"{base.source}, recast as entailment")
+
+
 register_task("reviews", reviews_task, kind="classification")
+register_task("reviews-entailment", reviews_entailment_task, kind="classification")
 register_task("subjectivity", subjectivity_task, kind="classification")
 
-__all__ = ["REVIEWS_TEMPLATE", "REVIEWS_VERBALIZER", "SUBJECTIVITY_TEMPLATE", "SUBJECTIVITY_VERBALIZER",
-           "reviews_task", "subjectivity_task"]
+__all__ = ["ENTAILMENT_TEMPLATE", "REVIEWS_TEMPLATE", "REVIEWS_VERBALIZER", "SUBJECTIVITY_TEMPLATE",
+           "SUBJECTIVITY_VERBALIZER", "reviews_entailment_task", "reviews_task", "subjectivity_task"]
