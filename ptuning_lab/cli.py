@@ -398,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     def train_args(sp):
         sp.add_argument("--template", default=None, help="Template with [P] and [X] (default: '[P]*3 <manual "
                         "template> [P]*3').")
-        sp.add_argument("--init", default="auto", help="auto (the template's own words), random, vocab, or "
-                        "text:\"some words\".")
+        sp.add_argument("--init", default="auto", help="auto (each [P] starts as the manual word beside it), random, "
+                        "vocab, or text:\"some words\".")
         sp.add_argument("--report-to", default="none", metavar="TRACKER", help="none, tensorboard (event files in "
                         "OUT/tensorboard/) or wandb (offline unless WANDB_MODE is set): train loss, lr, dev "
                         "metrics, config and final metrics.")

@@ -124,7 +124,8 @@ class Size:
     compare_steps: int = field(metadata={"help": "Training steps of each run of the seeded comparison (notebook 04)."})
     sweep_steps: int = field(metadata={"help": "Training steps of each run of the waywardness sweep (notebook 05)."})
     sentence_steps: int = field(metadata={"help": "Training steps of the sentence-level runs (reviews, CB: notebook 06)."})
-    sentence_batch_size: int = field(metadata={"help": "Examples per step of those runs (sentences cost more tokens)."})
+    sentence_batch_size: int = field(metadata={"help": "Examples per step of those runs: CB's long premises at 8 per "
+                                                       "step peaked at 2.5 GB, over Binder's 2 GB; at 4, 1.9 GB."})
     eval_every: int = field(metadata={"help": "Score the dev split every k steps (the curves' resolution)."})
     batch_size: int = field(metadata={"help": "Examples per training step."})
     seeds: int = field(metadata={"help": "Seeds per method in the comparison (notebook 04)."})
@@ -155,12 +156,12 @@ class Size:
 # The subsets equal fit_projection's and vocab_stats' defaults, which `ptuning-lab warm-cache` (and
 # binder/postBuild) compute ahead of time, so a lesson finds them in the cache.
 LESSON = Size(name="lesson", max_examples=150, steps=60, compare_steps=40, sweep_steps=40, sentence_steps=30,
-              sentence_batch_size=8, eval_every=10,
+              sentence_batch_size=4, eval_every=10,
               batch_size=16, seeds=3, gammas=(0.0, 0.01, 0.03, 0.1, 0.3, 1.0), stats_subset=5000,
               map_subset=5000, umap_subset=3000, umap_epochs=None, map_points=3000)
 # CI: the same cells on a few examples and steps: checks that every notebook runs, not what it finds.
 CI = Size(name="ci", max_examples=40, steps=4, compare_steps=3, sweep_steps=3, sentence_steps=3,
-          sentence_batch_size=4, eval_every=2, batch_size=8,
+          sentence_batch_size=2, eval_every=2, batch_size=8,
           seeds=2, gammas=(0.0, 1.0), stats_subset=1000, map_subset=1000, umap_subset=300, umap_epochs=30,
           map_points=500)
 SIZES = {s.name: s for s in (LESSON, CI)}
