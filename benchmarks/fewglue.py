@@ -141,6 +141,7 @@ def verdicts(results: dict[str, list[dict]], metrics_of: dict[str, tuple], sizes
 
 
 def fewglue_main(args, argv) -> int:
+    from ptuning_lab import checkpoint as ckpt
     from ptuning_lab.frozen_lm import FrozenLM
     from ptuning_lab.tasks import load_task
 
@@ -163,7 +164,6 @@ def fewglue_main(args, argv) -> int:
         start = time.perf_counter()
 
         def save(rows, task=task, start=start, done=False):
-            (out / task.name).mkdir(parents=True, exist_ok=True)
             part = {"task": task.name, "metrics": list(task.metrics), "test_size": len(task.test), "model": lm.name,
                     "command": " ".join(["python", "benchmarks/fewglue.py", *argv]),
                     "date": str(datetime.date.today()), "device": _device(lm),
@@ -171,9 +171,7 @@ def fewglue_main(args, argv) -> int:
                     "settings": {"lrs": args.lrs, "max_steps": args.max_steps, "batch_size": args.batch_size},
                     "rows": rows}
             name = f"fewglue.{args.part}.json" if args.part else "fewglue.json"
-            tmp = out / task.name / (name + ".tmp")
-            tmp.write_text(json.dumps(part, indent=1))
-            tmp.replace(out / task.name / name)
+            ckpt.write_json(out / task.name / name, part)              # atomic: a kill leaves the last whole file
 
         held = {(r["encoder"], r.get("seed")) for p in _parts(out / task.name) for r in p["rows"]} if args.resume else set()
         save(run_task(lm, task, methods, args.seeds, lrs, train, lambda line: print(line, flush=True), save,
@@ -205,6 +203,8 @@ def _merge(parts: list[dict]) -> dict:
 
 def write_table(args, out: Path) -> int:
     """The table of every task found in ``out`` (its ``<task>/fewglue*.json`` parts), with how each was made."""
+    from ptuning_lab import checkpoint as ckpt
+
     parts = [_merge(_parts(d)) for d in sorted(out.iterdir()) if d.is_dir() and _parts(d)] if out.is_dir() else []
     if not parts:
         raise SystemExit(f"error: no */fewglue.json under {out}; run some tasks first (without --collect).")
@@ -235,10 +235,7 @@ def write_table(args, out: Path) -> int:
             f"PVP without virtual tokens.\n\n{table}\n"
             f"What the numbers say (computed from the rows above):\n\n"
             + "\n".join(verdicts(results, metrics_of, {p["task"]: p["test_size"] for p in parts})) + "\n")
-    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(args.table) + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.table)
+    ckpt.write_text(args.table, text)
     print(text)
     return 0
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ptuning_lab import checkpoint as ckpt
 from ptuning_lab.experiments import compare, default_template
 from ptuning_lab.evaluation import macro_average
 from ptuning_lab.frozen_lm import FrozenLM
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
                     "settings": {"seeds": args.seeds, "max_steps": args.max_steps, "lr": args.lr,
                                  "virtual": args.virtual}}
             # beside the run directory, not in it: that one is the comparison's own
-            (out / f"{task.name}.suite.json").write_text(json.dumps(made, indent=1))
+            ckpt.write_json(out / f"{task.name}.suite.json", made)
     return write_table(args, out, names, methods)
 
 
@@ -125,10 +126,7 @@ def write_table(args, out: Path, names: list[str], methods: list[str]) -> int:
             + (f"Exact match (greedy decoding writes the whole answer; the same runs):\n\n{em_table}\n" if has_em else "")
             + f"Best method: **{best}**, {gain * 100:+.1f} points of macro P@1 over the manual prompt "
             f"({per_method[best]:.3f} vs {per_method['manual']:.3f}).\n")
-    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(args.table) + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.table)
+    ckpt.write_text(args.table, text)
     print(text)
     return 0
 
