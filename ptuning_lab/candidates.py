@@ -68,17 +68,27 @@ def candidate_logprobs(lm: FrozenLM, template, inputs: Sequence[str], answers: S
         sel = [pairs_of_row[r] for _, r in part]
         item = torch.cat([torch.full((len(s),), i, device=dev) for i, s in enumerate(sel)])
         sel = torch.cat(sel)
-        needed, where = torch.unique(item * hidden.shape[1] + pair_pos[sel], return_inverse=True)
-        h = hidden.reshape(-1, hidden.shape[-1])[needed]
-        token_lp = torch.empty(len(sel), dtype=scores.dtype, device=dev)
-        for s in range(0, len(needed), logits_chunk):
-            logits = _float(lm.head(h[s:s + logits_chunk]))                     # (<= logits_chunk, vocab)
-            hit = (where >= s) & (where < s + logits_chunk)
-            at = where[hit] - s
-            # log-softmax read at the targets only: one pass over the vocabulary for the normaliser
-            token_lp[hit] = (logits[at, pair_tok[sel[hit]]] - logits.logsumexp(-1)[at]).to(scores.dtype)
+        token_lp = _token_logprobs(lm, hidden, item, pair_pos[sel], pair_tok[sel], logits_chunk, scores.dtype)
         scores.index_put_((rows_b[item], pair_ans[sel]), token_lp, accumulate=True)
     return scores
+
+
+def _token_logprobs(lm: FrozenLM, hidden: torch.Tensor, item: torch.Tensor, pos: torch.Tensor,
+                    target: torch.Tensor, logits_chunk: int, dtype) -> torch.Tensor:
+    """(N,) log-probability of token ``target[i]`` read at ``hidden[item[i], pos[i]]`` (hidden: (R, L, d)).
+
+    Each position's head runs once however many reads share it, ``logits_chunk`` positions at a time,
+    and the log-softmax is read at the targets only (one pass over the vocabulary for the normaliser).
+    """
+    needed, where = torch.unique(item * hidden.shape[1] + pos, return_inverse=True)
+    h = hidden.reshape(-1, hidden.shape[-1])[needed]
+    token_lp = torch.empty(len(item), dtype=dtype, device=hidden.device)
+    for s in range(0, len(needed), logits_chunk):
+        logits = _float(lm.head(h[s:s + logits_chunk]))                     # (<= logits_chunk, vocab)
+        hit = (where >= s) & (where < s + logits_chunk)
+        at = where[hit] - s
+        token_lp[hit] = (logits[at, target[hit]] - logits.logsumexp(-1)[at]).to(dtype)
+    return token_lp
 
 
 def _answer_ids(lm: FrozenLM, answers: Sequence[str]) -> list[list[int]]:
@@ -205,12 +215,7 @@ def choice_logprobs(lm: FrozenLM, template, examples: Sequence, prompt=None, log
         item = torch.tensor([i for i, f in enumerate(feeds) for _ in f], device=dev)
         pos = torch.tensor([j for f in feeds for j in range(len(f))], device=dev)
         target = torch.tensor([t for (b, c) in part for t in ids[b][c][1:]], device=dev)
-        h = hidden[item, pos]
-        token_lp = torch.empty(len(item), dtype=log_probs.dtype, device=dev)
-        for s in range(0, len(item), logits_chunk):
-            logits = _float(lm.head(h[s:s + logits_chunk]))
-            token_lp[s:s + logits_chunk] = (logits.gather(1, target[s:s + logits_chunk, None])[:, 0]
-                                            - logits.logsumexp(-1)).to(token_lp.dtype)
+        token_lp = _token_logprobs(lm, hidden, item, pos, target, logits_chunk, log_probs.dtype)
         totals = torch.zeros(len(part), dtype=token_lp.dtype, device=dev).index_add_(0, item, token_lp)
         for i, (b, c) in enumerate(part):
             scores[b][c] += totals[i]

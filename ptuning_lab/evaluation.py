@@ -120,9 +120,7 @@ def score(lm: FrozenLM, template, examples, prompt, answers: Sequence[str] | Non
             if cand is not None and set(words) <= set(answers):
                 # the label words were scored among the candidates just now: reuse them, no second pass
                 at = {a: i for i, a in enumerate(answers)}
-                ws = cand[:, [at[w] for w in words]]
-                if scoring.reduce == "mean":
-                    ws = ws / torch.tensor([len(lm.answer_ids(w)) for w in words], dtype=ws.dtype, device=ws.device)
+                ws = reduce_words(lm, cand[:, [at[w] for w in words]], words, scoring.reduce)
                 scores = combine_words(ws, [len(v) for v in verbalizer.values()], scoring.combine)
             else:
                 scores = label_scores(lm, template, inputs, verbalizer, prompt, log_probs, scoring)
@@ -206,11 +204,15 @@ def warn_shared_first_tokens(lm: FrozenLM, verbalizer: dict) -> list[tuple[str, 
 def word_scores(lm: FrozenLM, template, inputs: Sequence[str], words: Sequence[str], prompt=None,
                 log_probs: torch.Tensor | None = None, reduce: str = "sum") -> torch.Tensor:
     """(B, W) log-likelihood of each word after each templated input: summed over its tokens, or their mean."""
-    scores = candidate_logprobs(lm, template, inputs, words, prompt, log_probs)
-    if reduce == "mean":
-        lengths = torch.tensor([len(lm.answer_ids(w)) for w in words], dtype=scores.dtype, device=scores.device)
-        scores = scores / lengths
-    return scores
+    return reduce_words(lm, candidate_logprobs(lm, template, inputs, words, prompt, log_probs), words, reduce)
+
+
+def reduce_words(lm: FrozenLM, scores: torch.Tensor, words: Sequence[str], reduce: str = "sum") -> torch.Tensor:
+    """(B, W) summed word log-likelihoods as :class:`LabelScoring` reduces them: kept (``"sum"``) or
+    divided by each word's token count (``"mean"``)."""
+    if reduce != "mean":
+        return scores
+    return scores / torch.tensor([len(lm.answer_ids(w)) for w in words], dtype=scores.dtype, device=scores.device)
 
 
 def combine_words(scores: torch.Tensor, sizes: Sequence[int], combine: str = "logsumexp") -> torch.Tensor:
