@@ -241,35 +241,39 @@ def build_handouts(out, notebooks=None) -> dict[str, list[Path]]:
     if out.exists() and not (out / HANDOUTS_MARKER).is_file():
         raise FileExistsError(f"{out} exists and was not written by build_handouts: choose another --out, "
                               "or remove it yourself")
+    old = out.with_name(f".{out.name}-old")        # left by a swap cut short: removed only if a build of ours
+    if old.exists() and not (old / HANDOUTS_MARKER).is_file():
+        raise FileExistsError(f"{old} is in the way of replacing {out} and was not written by build_handouts; "
+                              "move it away.")
     notebooks = list(notebook_files() if notebooks is None else notebooks)
     if not notebooks:
         raise FileNotFoundError(f"no lessons ({NOTEBOOK_GLOB}) found to build handouts from")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    remove = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG})
-    clear = ClearOutputPreprocessor()
-    written: dict[str, list[Path]] = {"student": [], "solutions": []}
-    for path in notebooks:
-        for version in written:
-            nb = nbformat.read(path, as_version=4)
-            nb, _ = clear.preprocess(nb, {})
-            if version == "student":
-                nb, _ = remove.preprocess(nb, {})
-            else:
-                for cell in nb.cells:
-                    cell.metadata.get("jupyter", {}).pop("source_hidden", None)
-            target = staging / version / Path(path).name
-            target.parent.mkdir(exist_ok=True)
-            nbformat.write(nb, target)
-            written[version].append(out / version / target.name)
-    (staging / HANDOUTS_MARKER).write_text("written by ptuning_lab.course.build_handouts; replaced on each build\n")
+    try:                            # a failure part way removes the staging copy (ours alone); out stays whole
+        remove = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG})
+        clear = ClearOutputPreprocessor()
+        written: dict[str, list[Path]] = {"student": [], "solutions": []}
+        for path in notebooks:
+            for version in written:
+                nb = nbformat.read(path, as_version=4)
+                nb, _ = clear.preprocess(nb, {})
+                if version == "student":
+                    nb, _ = remove.preprocess(nb, {})
+                else:
+                    for cell in nb.cells:
+                        cell.metadata.get("jupyter", {}).pop("source_hidden", None)
+                target = staging / version / Path(path).name
+                target.parent.mkdir(exist_ok=True)
+                nbformat.write(nb, target)
+                written[version].append(out / version / target.name)
+        (staging / HANDOUTS_MARKER).write_text("written by ptuning_lab.course.build_handouts; replaced on each build\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old.exists():
+        shutil.rmtree(old)         # checked above: a build of ours
     if out.exists():
-        old = out.with_name(f".{out.name}-old")
-        if old.exists():           # a swap cut short: remove it only if it is a build of ours
-            if not (old / HANDOUTS_MARKER).is_file():
-                raise FileExistsError(f"{old} is in the way of replacing {out} and was not written by "
-                                      "build_handouts; move it away.")
-            shutil.rmtree(old)
         out.rename(old)
         staging.rename(out)
         shutil.rmtree(old)

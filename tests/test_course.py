@@ -207,6 +207,23 @@ def test_handouts_drop_the_solutions_for_students_and_open_them_for_the_key(tmp_
         assert all(c.get("outputs", []) == [] for c in s_cells + k_cells)
 
 
+def test_a_failed_build_leaves_the_earlier_handouts_whole_and_no_staging(tmp_path, monkeypatch):
+    lesson = course.notebook_files()[:1]
+    out = tmp_path / "h"
+    course.build_handouts(out, lesson)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    import nbformat
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nbformat, "write", broken)
+    with pytest.raises(OSError, match="disk full"):
+        course.build_handouts(out, lesson)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["h"]                 # the staging copy was removed
+
+
 def test_handouts_replace_only_what_they_wrote(tmp_path):
     lesson = course.notebook_files()[:1]
     mine = tmp_path / "my_notes"
@@ -221,6 +238,15 @@ def test_handouts_replace_only_what_they_wrote(tmp_path):
     course.build_handouts(out, lesson)                              # a rebuild replaces the earlier build whole
     assert sorted(p.name for p in (out / "student").iterdir()) == [lesson[0].name]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h", "my_notes"]   # no staging folder left
+    # a folder named like our leftover of a cut swap, but not ours: refused before anything is written
+    foreign = tmp_path / ".h-old"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"\.h-old is in the way"):
+        course.build_handouts(out, lesson)
+    assert (foreign / "keep.txt").read_text() == "mine" and (out / course.HANDOUTS_MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".h-old", "h", "my_notes"]
+    foreign.rename(tmp_path / "moved")
     done = subprocess.run([sys.executable, "-m", "ptuning_lab.course", "handouts", str(mine)], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
