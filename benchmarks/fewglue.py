@@ -197,7 +197,8 @@ def _merge(parts: list[dict]) -> dict:
     seeds = max(p.get("seeds", 0) for p in parts)
     methods = [m for m in METHODS if any(r["encoder"] == m for r in rows)]
     merged["missing"] = [f"{m} seed {s}" for m in methods for s in range(seeds) if (m, s) not in seen]
-    merged["complete"] = not merged["missing"] and (all(p.get("complete", True) for p in parts) or bool(methods))
+    # complete when every (method, seed) is there; a part holding baselines only is complete if it says so
+    merged["complete"] = not merged["missing"] if methods else all(p.get("complete", True) for p in parts)
     return merged
 
 
