@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="the frozen model's weights (default: the loader's: bfloat16 on an Ampere or newer GPU, else "
+                        "float32); the prompt encoder stays float32")
     p.add_argument("--tasks", default=",".join(RELATIONS))
     p.add_argument("--methods", default="mlp,lstm,direct,prefix")
     p.add_argument("--seeds", type=int, default=3)
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     out = Path(args.out)
     if not args.collect:
-        lm = FrozenLM.load(args.model, device=args.device)
+        lm = FrozenLM.load(args.model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
         device = str(lm.device) + (f" ({torch.cuda.get_device_name()})" if lm.device.type == "cuda" else
                                    f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
         command = " ".join(["python", "benchmarks/probe_suite.py", *(argv if argv is not None else sys.argv[1:])])
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
             made = {"command": command, "date": str(datetime.date.today()), "model": lm.name, "device": device,
                     "seconds": round(time.perf_counter() - start, 1),
                     "settings": {"seeds": args.seeds, "max_steps": args.max_steps, "lr": args.lr,
-                                 "virtual": args.virtual}}
+                                 "virtual": args.virtual, "dtype": str(lm.embedding.dtype).replace("torch.", "")}}
             # beside the run directory, not in it: that one is the comparison's own
             ckpt.write_json(out / f"{task.name}.suite.json", made)
     return write_table(args, out, names, methods)

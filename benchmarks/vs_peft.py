@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -104,7 +105,7 @@ def synthetic_task(seq_len: int, num_virtual: int, n_train: int, n_dev: int, voc
     words = lambda n: " ".join(f"w{rng.randrange(vocab - 10)}" for _ in range(n))  # noqa: E731
     exs = [Example(words(k), words(1)) for _ in range(n_train + n_dev)]
     return Task("synthetic", "The capital of [X] is", exs[:n_train], exs[n_train:], exs[n_train:],
-                sorted({e.target for e in exs}))
+                sorted({e.target for e in exs}), metrics=("p_at_1",))
 
 
 def build_lm(args) -> FrozenLM:
@@ -138,10 +139,12 @@ def build_lm(args) -> FrozenLM:
 
 
 def build_task(args, lm):
+    """The benchmark's task. Its evaluation reports P@1 and the loss, as PEFT's side computes (a relation's
+    default also scores exact match, a second pass over every answer token, which PEFT's side never runs)."""
     if args.data == "capital":
         from ptuning_lab.tasks import load_task
 
-        return load_task("capital", seed=0)
+        return dataclasses.replace(load_task("capital", seed=0), metrics=("p_at_1",))
     return synthetic_task(args.seq_len, args.virtual_tokens, 8 * args.batch_size, args.eval_batch_size,
                           lm.vocab_size)
 
@@ -221,6 +224,13 @@ class Ours:
         with autocast(self.args):
             return self.trainer.train_step(self.trainer.batch_examples(step))
 
+    def train_steps(self, step, k):
+        """``k`` steps in a row as ``Trainer.fit`` runs them between evaluations (on a GPU each loss is
+        read one step late: ptuning_lab.step_queue)."""
+        self.trainer.step = step
+        with autocast(self.args):
+            return self.trainer.train_steps(k)[-1]
+
     def evaluate(self):
         with autocast(self.args):
             return self.trainer.score(self.task.dev[: self.args.eval_batch_size])
@@ -268,6 +278,15 @@ class Peft:
         return ids.to(dev, non_blocking=True), att.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
 
     def train_step(self, step):
+        return self._step(step).item()
+
+    def train_steps(self, step, k):
+        """``k`` steps in a row, the loss read once at the end (as the HF Trainer's loop between logs)."""
+        for i in range(k):
+            loss = self._step(step + i)
+        return loss.item()
+
+    def _step(self, step):
         self.lm.begin_step()
         self.model.train()          # the prompt encoder trains ...
         self.lm.model.eval()        # ... the frozen model runs without dropout, as ours does (less work than PEFT's default)
@@ -279,7 +298,7 @@ class Peft:
         self.opt.step()
         self.lr_sched.step()
         self.opt.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss.detach()
 
     @torch.no_grad()
     def evaluate(self, examples=None):
@@ -321,13 +340,21 @@ class Bare:
         return self.ids.numel()
 
     def train_step(self, step):
+        return self._step(step).item()
+
+    def train_steps(self, step, k):
+        for i in range(k):
+            loss = self._step(step + i)
+        return loss.item()
+
+    def _step(self, step):
         self.lm.begin_step()
         with autocast(self.args):
             embeds = self.lm.model.get_input_embeddings()(self.ids).detach().requires_grad_(True)
             h = self.lm.transformer(inputs_embeds=embeds, use_cache=False).last_hidden_state[:, -1]
             loss = F.cross_entropy(self.lm.head(h).float(), self.gold)
         loss.backward()
-        return loss.item()
+        return loss.detach()
 
     @torch.no_grad()
     def evaluate(self):
@@ -418,8 +445,12 @@ def measure(variants, args):
     for rep in range(args.repeats):
         for v in (variants if rep % 2 == 0 else variants[::-1]):     # alternate the order: no position bias
             s = step[v.name]
-            res[v.name]["train"].append(timed(lambda: v.train_step(s), args))
-            step[v.name] += 1
+            k = args.in_a_row
+            if k == 1:
+                res[v.name]["train"].append(timed(lambda: v.train_step(s), args))
+            else:       # k steps in a row, one wait at the end: the time per step of a training loop
+                res[v.name]["train"].append(timed(lambda: v.train_steps(s, k), args) / k)
+            step[v.name] += k
             res[v.name]["eval"].append(timed(v.evaluate, args))
         print(f"  repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     out = {}
@@ -573,6 +604,10 @@ def main(argv=None):
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--repeats", type=int, default=None, help="default 5 on cpu, 20 on cuda")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--in-a-row", type=int, default=1, metavar="K",
+                   help="time K steps in a row per sample, synced once at the end (per-step time = total / K): "
+                        "what a training loop sees when the host may run ahead of the GPU (default 1: each step "
+                        "synced on its own)")
     p.add_argument("--extras", action=argparse.BooleanOptionalAction, default=True,
                    help="extra mlp rows: plain path, PEFT's layout, suffix layout, bf16 weights (cpu)")
     p.add_argument("--compile", nargs="?", const="default", default=None,

@@ -93,13 +93,17 @@ def progress_on(args) -> bool:
 
 
 def load_lm(args):
+    import torch
+
     from .frozen_lm import FrozenLM
 
     if not progress_on(args):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()          # the "Loading weights" bar of transformers
+    dtype = getattr(args, "dtype", None)
     lm = FrozenLM.load(args.model, device=distributed.device_for(args.device),   # cuda:LOCAL_RANK under a launch
+                       dtype=None if dtype in (None, "auto") else getattr(torch, dtype),
                        verbose=not getattr(args, "quiet", False))
     if getattr(args, "compile", None):
         lm.compile(mode=None if args.compile == "default" else args.compile)
@@ -367,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "SmolLM2-135M), 'smollm2-135m', a Hugging Face id or a local path.")
         sp.add_argument("--device", default=None, type=device, help="cpu, cuda, cuda:N, mps (default: best "
                         "available).")
+        sp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="The frozen weights' dtype; auto: bfloat16 on an Ampere or newer GPU, else float32.")
         sp.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="torch.compile the frozen model; on a GPU use --compile reduce-overhead (CUDA "
                              "graphs, about 2x faster steps on an H200). Each new batch shape compiles once (tens "

@@ -111,18 +111,22 @@ class FastForward:
             raise ValueError("no inputs: give at least one input text.")
         if not self.active or isinstance(prompt, LayerPrompt):      # a K/V prefix runs the model itself
             return self.lm.last_logits(self.lm.encode(self.template, inputs), prompt, candidates)
-        self._check(self._sequences(inputs), prompt)     # bad input is an error, never a reason to fall back
+        seqs = self._sequences(inputs)
+        self._check(seqs, prompt)     # bad input is an error, never a reason to fall back
         if not self._verified:
             self._verify(inputs, prompt)
             if not self.active:
                 return self.lm.last_logits(self.lm.encode(self.template, inputs), prompt, candidates)
-        h_last = self.last_hidden(inputs, prompt)
+        h_last = self._last_hidden(seqs, prompt)      # the sequences once per call: host time on a GPU
         return _at_least_float32(self.lm.head(h_last, candidates))
 
     def last_hidden(self, inputs: Sequence, prompt: torch.Tensor | None) -> torch.Tensor:
         """Final hidden state ``(B, d)`` at each example's prediction position."""
         seqs = self._sequences(as_inputs(inputs))
         self._check(seqs, prompt)
+        return self._last_hidden(seqs, prompt)
+
+    def _last_hidden(self, seqs: list[Seq], prompt) -> torch.Tensor:
         self.stats["calls"] += 1
         self.stats["tokens_total"] += sum(s.n for s in seqs)
         return self._run(seqs, prompt)

@@ -14,7 +14,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed, resume
+from . import distributed, resume, step_queue
 from .answer_loss import check_answer_loss, full_answer_loss, label_loss
 from .evaluation import LabelScoring, first_token_ids, warn_shared_first_tokens
 from .fast import FastConfig, FastForward
@@ -32,107 +32,14 @@ from .frozen_lm import to_device
 from .manifold import waywardness_penalty
 from .prompts import initial_prompt
 from .templates import Template, warn_unused_fields
-
-
-# Peak learning rate per encoder method when TrainConfig.lr is None. Measured on SmolLM2-135M,
-# 'capital', 40 steps, hybrid template: the LSTM encoder at 3e-3 collapsed to dev P@1 0 in one of
-# two seeds (loss back above 10 after step 10); at 1e-3 both seeds trained (test P@1 0.59, 0.53).
-DEFAULT_LR = {"lstm": 1e-3}
-FALLBACK_LR = 3e-3
-
-
-# What the training loss reads of the answer (TrainConfig.answer_loss; ptuning_lab.answer_loss). 'first'
-# (the LAMA objective the paper trains) stays the default: it is what P@1 measures, it costs one
-# next-token distribution per example (no answer tokens in the forward), and 'full' showed no gain beyond
-# seed noise on four relations with multi-token answers (SmolLM2-135M, 60 steps, 3 seeds: exact match
-# within about one std either way): docs/answer_loss.md, benchmarks/answer_loss.py.
-ANSWER_LOSSES = ("first", "full", "labels")
-
-
-def default_lr(method: str) -> float:
-    """The learning rate a ``method`` ('mlp', 'lstm', 'direct', 'prefix') trains with by default."""
-    return DEFAULT_LR.get(method, FALLBACK_LR)
-
+from .train_config import (ANSWER_LOSSES, DEFAULT_LR, FALLBACK_LR, TrainConfig,  # noqa: F401 (re-exported)
+                           TrainConfigError, default_lr)
 
 
 def selection_metric(task, dev: dict) -> str:
     """The dev metric that picks the best state: the task's first metric when dev reports it, else P@1."""
     name = (tuple(getattr(task, "metrics", ()) or ()) or ("p_at_1",))[0]
     return name if name in dev else "p_at_1"
-
-@dataclass
-class TrainConfig:
-    lr: float | None = field(default=None, metadata={"help": "AdamW learning rate (peak, after warm-up); None: the encoder's default (1e-3 for lstm, 3e-3 otherwise)."})
-    batch_size: int = field(default=16, metadata={"help": "Examples per step."})
-    num_epochs: int = field(default=10, metadata={"help": "Passes over the train split (ignored if max_steps)."})
-    max_steps: int | None = field(default=None, metadata={"help": "Stop after this many steps."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps with linear warm-up; then linear decay to 0."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    grad_clip: float | None = field(default=1.0, metadata={"help": "Clip the gradient norm (None: off)."})
-    eval_every: int = field(default=20, metadata={"help": "Score the dev split every k steps (and at the end)."})
-    snapshot_every: int = field(default=5, metadata={"help": "Keep a copy of the prompt every k steps (trajectories)."})
-    patience: int | None = field(default=None, metadata={"help": "Stop after this many evaluations without a better dev score."})
-    checkpoint_every: int | None = field(default=None, metadata={"help": "Write a resumable state every k steps (needs out_dir)."})
-    seed: int = field(default=0, metadata={"help": "Seed for the data order and dropout."})
-    waywardness_gamma: float = field(default=0.0, metadata={"help": "Weight of the waywardness regulariser (mean squared L2 to the target text's embeddings)."})
-    waywardness_target: str | None = field(default=None, metadata={"help": "Text whose embeddings the prompt is pulled towards."})
-    fast: bool = field(default=True, metadata={"help": "Use the exact fast path (ptuning_lab.fast: cached prefixes, shared head, packed rows; its settings: Trainer(fast=FastConfig(...))); False = the plain reference path."})
-    answer_loss: str = field(default="first", metadata={"help": "'first': cross-entropy of the answer's first token (LAMA); 'full': negative log-likelihood of every answer token (summed per answer); 'labels' (classification, multiple choice): cross-entropy over the label or choice scores, as PET. See ANSWER_LOSSES."})
-
-    def __post_init__(self):
-        _check_types(self)
-        checks = {"lr": FALLBACK_LR if self.lr is None else self.lr, "batch_size": self.batch_size, "num_epochs": self.num_epochs,
-                  "eval_every": self.eval_every, "snapshot_every": self.snapshot_every}
-        for name, value in checks.items():
-            if not (value > 0) or (isinstance(value, float) and not math.isfinite(value)):
-                example = FALLBACK_LR if name == "lr" else TrainConfig.__dataclass_fields__[name].default
-                raise TrainConfigError(f"{name} must be > 0 (got {value}); for example {name}={example}.")
-        for name in ("max_steps", "patience", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise TrainConfigError(f"{name} must be a positive integer or None (got {value}).")
-        if not 0 <= self.warmup_ratio < 1:
-            raise TrainConfigError(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio}).")
-        if self.weight_decay < 0 or (self.grad_clip is not None and not self.grad_clip > 0):
-            raise TrainConfigError(f"weight_decay must be >= 0 and grad_clip > 0 or None (got {self.weight_decay}, "
-                                   f"{self.grad_clip}).")
-        if self.waywardness_gamma < 0:
-            raise TrainConfigError(f"waywardness_gamma must be >= 0 (got {self.waywardness_gamma}).")
-        if self.answer_loss not in ANSWER_LOSSES:
-            raise TrainConfigError(f"answer_loss={self.answer_loss!r}: use one of {', '.join(ANSWER_LOSSES)}.")
-        if self.waywardness_gamma > 0 and not self.waywardness_target:
-            raise TrainConfigError("waywardness_gamma > 0 needs waywardness_target: the text the prompt should stay close to.")
-
-
-class TrainConfigError(ValueError):
-    """A TrainConfig field has the wrong type or value; the message names the field and a valid example."""
-
-
-_INTS = ("batch_size", "num_epochs", "max_steps", "eval_every", "snapshot_every", "patience", "checkpoint_every", "seed")
-_FLOATS = ("lr", "warmup_ratio", "weight_decay", "grad_clip", "waywardness_gamma")
-
-
-def _check_types(config: "TrainConfig") -> None:
-    """Whole numbers where counts go, finite real numbers elsewhere: 2.5 steps, True or '0.1' are refused."""
-    for name in _INTS + _FLOATS:
-        value = getattr(config, name)
-        default = TrainConfig.__dataclass_fields__[name].default
-        if value is None and (default is None or name == "grad_clip"):
-            continue
-        example = f"{name}={default if default is not None else (FALLBACK_LR if name == 'lr' else 10)}"
-        if name in _INTS:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TrainConfigError(f"{name} must be a whole number, got {value!r} ({type(value).__name__}); "
-                                       f"e.g. {example}.")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise TrainConfigError(f"{name} must be a finite number, got {value!r} ({type(value).__name__}); "
-                                   f"e.g. {example}.")
-    for name in ("fast",):
-        if not isinstance(getattr(config, name), bool):
-            raise TrainConfigError(f"{name} must be True or False, got {getattr(config, name)!r}.")
-    if config.waywardness_target is not None and not isinstance(config.waywardness_target, str):
-        raise TrainConfigError(f"waywardness_target must be a text, got {type(config.waywardness_target).__name__}.")
-
 
 @dataclass
 class TrainResult:
@@ -226,6 +133,8 @@ class Trainer:
         self.snapshot_list: list[torch.Tensor] = []
         self.best_state = copy.deepcopy(encoder.state_dict())
         self.best_step, self.best_key, self.best_dev, self.bad_evals = 0, (-1.0, 0.0), {}, 0
+        # read each loss one step late, so the GPU never waits for the host (ptuning_lab.step_queue)
+        self.overlap_steps = lm.device.type == "cuda"
 
     # ---------------------------------------------------------------- one step
     def batch_examples(self, step: int) -> list:
@@ -267,6 +176,10 @@ class Trainer:
         return ids
 
     def train_step(self, examples) -> float:
+        """One step on ``examples``, its loss read at once; a non-finite loss raises ``FloatingPointError``
+        and leaves the encoder, the optimizer and the schedule as they were (:mod:`ptuning_lab.step_queue`)."""
+        if self.dist.world_size == 1 and step_queue.fused(self):
+            return step_queue.settle(self, step_queue.queue(self, examples, self.step))
         self.encoder.train()
         self.lm.begin_step()
         if self.dist.world_size > 1:       # this rank's shard; gradients summed over ranks = the global-batch step
@@ -277,27 +190,26 @@ class Trainer:
         else:
             loss = self.loss(examples)
             loss.backward()
-        # the whole step is queued before the one wait for the device: a fused AdamW skips its update
-        # on the device when the loss is not finite (found_inf), so the check needs no wait in between
-        # (per group: a state resumed from an unfused optimizer brings its groups' fused=None back)
-        fused = all(group.get("fused") for group in self.optimizer.param_groups)
-        if fused:
-            self.optimizer.found_inf = (~torch.isfinite(loss.detach())).float()
-        else:
-            self.optimizer.__dict__.pop("found_inf", None)     # the unfused step refuses one
-            value = loss.item()
-        if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.config.grad_clip)
-        if fused or math.isfinite(value):
-            self.optimizer.step()
-        if fused:
-            value = loss.item()
+        self.optimizer.__dict__.pop("found_inf", None)     # an unfused step refuses one
+        value = loss.item()
         if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)           # the encoder is left as it was
             raise FloatingPointError(f"the training loss became {value} at step {self.step}")
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.config.grad_clip)
+        self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return value
+
+    def train_steps(self, n: int) -> list[float]:
+        """``n`` steps from ``self.step`` (which advances), as :meth:`fit` runs them between evaluations:
+        on a GPU each loss is read one step late, so the device never waits for the host
+        (:mod:`ptuning_lab.step_queue`). Returns their losses; a non-finite one raises ``FloatingPointError``
+        with the trainer as it was before that step."""
+        losses: list[float] = []
+        step_queue.run(self, n, lambda loss, lr: losses.append(loss))
+        return losses
 
     @torch.no_grad()
     def current_prompt(self) -> torch.Tensor:
@@ -320,15 +232,17 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.encoder.method}",
                    disable=not self.progress or not self.dist.is_main_process, leave=False)
         try:
-            while self.step < self.total_steps:
-                loss = self.train_step(self.batch_examples(self.step))
-                self.step += 1
+            def record(loss: float, lr: float) -> None:
                 losses.append(loss)
-                self.history["train"].append({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]})
+                self.history["train"].append({"step": self.step, "loss": loss, "lr": lr})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}")
                 for cb in self.callbacks:
                     cb.on_step_end(self, self.step, loss)
+
+            while self.step < self.total_steps:
+                # the steps up to the next evaluation / snapshot / checkpoint, queued ahead on a GPU
+                step_queue.run(self, self._steps_to_boundary(), record)
                 if self.step % self.config.snapshot_every == 0:
                     self._snapshot()
                 if self.step % self.config.eval_every == 0 or self.step == self.total_steps:
@@ -357,6 +271,12 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
+
+    def _steps_to_boundary(self) -> int:
+        """Steps from now to the next evaluation, snapshot, checkpoint or the end (at least 1)."""
+        c = self.config
+        every = [c.snapshot_every, c.eval_every] + ([c.checkpoint_every] if c.checkpoint_every and self.out_dir else [])
+        return max(1, min([self.total_steps - self.step] + [e - self.step % e for e in every if e]))
 
     def _evaluate(self, losses) -> bool:
         """Score dev, keep the best state; True when early stopping should end training."""
