@@ -70,6 +70,7 @@ class FrozenLM:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self.compiled = False                  # set by compile()
         self.model.eval()
         self.model.requires_grad_(False)
         if tokenizer.pad_token_id is None:
@@ -121,6 +122,7 @@ class FrozenLM:
         ``options`` go to ``torch.compile`` (e.g. ``dynamic=False``).
         """
         self.model.base_model.compile(mode=mode, **options)
+        self.compiled = True          # the fast path then rounds its rows to fewer shapes (FastConfig.row_multiple)
         return self
 
     def begin_step(self) -> None:

@@ -56,3 +56,13 @@ def has_dynamic_cache() -> bool:
     except ImportError:                      # pragma: no cover - very old transformers
         return False
     return True
+
+
+def unsupported_reason(model) -> str | None:
+    """Why the fast path cannot reuse ``model``'s keys/values (None when it can)."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "is_encoder_decoder", False):
+        return "encoder-decoder models are not supported by the fast path"
+    if not has_dynamic_cache():             # pragma: no cover - very old transformers
+        return "this transformers release has no DynamicCache"
+    return None

@@ -281,7 +281,7 @@ class Trainer:
     def _evaluate(self, losses) -> bool:
         """Score dev, keep the best state; True when early stopping should end training."""
         prompt = self.current_prompt()
-        dev = self.dist.evaluate(lambda examples: self.score(examples, prompt), self.task.dev)
+        dev = self.dist.evaluate(lambda examples: self.score(examples, prompt, self.dev_metrics), self.task.dev)
         record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
                   "train_loss": sum(losses) / max(len(losses), 1), "dev_p_at_1": dev["p_at_1"], "dev_loss": dev["loss"]}
         chosen = selection_metric(self.task, dev)
@@ -299,12 +299,22 @@ class Trainer:
             cb.on_eval(self, record)
         return bool(self.config.patience and self.bad_evals >= self.config.patience)
 
-    def score(self, examples, prompt=None) -> dict:
-        """``evaluate``'s metrics of ``examples`` on the trainer's path, with ``prompt`` (default: the current one)."""
+    def score(self, examples, prompt=None, metrics=None) -> dict:
+        """``evaluate``'s metrics of ``examples`` on the trainer's path, with ``prompt`` (default: the current
+        one); ``metrics`` default: the task's."""
         prompt = self.current_prompt() if prompt is None else prompt
         self.lm.begin_step()
-        return self.forward.evaluate(examples, prompt, verbalizer=self.task.verbalizer, metrics=self.task.metrics,
-                                     scoring=self.scoring, keep_predictions=self.dist.world_size > 1)
+        return self.forward.evaluate(examples, prompt, verbalizer=self.task.verbalizer,
+                                     metrics=metrics or self.task.metrics, scoring=self.scoring,
+                                     keep_predictions=self.dist.world_size > 1)
+
+    @property
+    def dev_metrics(self) -> tuple[str, ...]:
+        """What each evaluation during training computes: the task's metrics but exact match, a second
+        pass over every answer token, unless it is the one that picks the best state (the test split,
+        scored after training, still reports it)."""
+        first = self.task.metrics[0]
+        return tuple(m for m in self.task.metrics if m != "exact_match" or m == first)
 
     @property
     def fast(self) -> FastForward | None:

@@ -51,6 +51,8 @@ CONFIGS = {
     "rows-of-8": FastConfig(pack_tokens=8),   # forces several packed rows
     "one-per-row": FastConfig(pack_tokens=1),   # each example its own row: causal attention, no mask
     "one-per-row-no-cache": FastConfig(pack_tokens=1, cache_prefix=False),
+    "rows-rounded": FastConfig(row_multiple=16),   # masked padding at the rows' ends (a compiled model's default)
+    "one-per-row-rounded": FastConfig(pack_tokens=1, row_multiple=16),
 }
 
 
@@ -119,6 +121,39 @@ def test_less_work_than_the_plain_path(lm64):
     shared.last_logits(INPUTS, _prompt(lm64, "[P]*4 The capital of [X] is"))
     # the 4 [P] + "The capital of" ran once, not once per example
     assert shared.stats["tokens_run"] < shared.stats["tokens_total"] - 5 * (len(INPUTS) - 1)
+
+
+def test_a_compiled_model_gets_fewer_row_shapes(lm64, monkeypatch):
+    """Batches of different lengths: rows rounded to 16 share shapes (each new one is a compile), and a model
+    marked compiled gets the rounding by default; the logits stay those of unrounded rows."""
+    import ptuning_lab.fast as fast_mod
+
+    shapes = []
+    real = fast_mod.block_mask
+    monkeypatch.setattr(fast_mod, "block_mask", lambda seg, kseg, dtype: shapes.append(tuple(seg.shape)) or
+                        real(seg, kseg, dtype))
+    tpl = "[P]*3 The capital of [X] is [P]*3"
+    prompt = _prompt(lm64, tpl)
+    batches = [INPUTS[:k] for k in range(2, len(INPUTS) + 1)]
+    seen = {}
+    for multiple in (1, 16):
+        fast = FastForward(lm64, tpl, FastConfig(row_multiple=multiple, verify=False))
+        shapes.clear()
+        seen[multiple] = [fast.last_logits(b, prompt).detach() for b in batches]
+        assert len(shapes) == len(batches)
+        if multiple == 16:
+            assert all(q % 16 == 0 for _, q in shapes)
+        seen[f"shapes{multiple}"] = set(shapes)
+    assert len(seen["shapes16"]) < len(seen["shapes1"])
+    for a, b in zip(seen[1], seen[16]):
+        _close(b, a)
+    lm64.compiled = True                     # what FrozenLM.compile sets (compiling itself is not needed here)
+    try:
+        shapes.clear()
+        FastForward(lm64, tpl, FastConfig(verify=False)).last_logits(INPUTS[:3], prompt)
+        assert shapes[0][1] % 16 == 0
+    finally:
+        lm64.compiled = False
 
 
 def test_candidates_and_manual_templates(lm64):

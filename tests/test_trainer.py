@@ -447,3 +447,18 @@ def test_answer_loss_choices_are_checked(gpt2):
     with pytest.raises(ValueError, match="is a relation"):
         Trainer(gpt2, enc, toy_task(), "[P][P] Direction of [X] is [P]", TrainConfig(answer_loss="labels"),
                 progress=False)
+
+
+def test_evaluations_during_training_skip_exact_match_unless_it_selects(gpt2, monkeypatch):
+    """A relation's dev evaluations pick the best state on P@1: the teacher-forced pass over every answer
+    token that exact match needs is not run for them (the test split after training still reports it)."""
+    trainer = make_trainer(gpt2, max_steps=6)
+    assert trainer.task.metrics == ("p_at_1", "exact_match") and trainer.dev_metrics == ("p_at_1",)
+    calls = []
+    real = trainer.forward.answer_logits
+    monkeypatch.setattr(trainer.forward, "answer_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = trainer.fit()
+    assert calls == [] and len(trainer.history["eval"]) == 2 and "exact_match" not in result.best_dev
+    assert "exact_match" in trainer.score(trainer.task.dev) and calls           # asked for, it is computed
+    trainer.task.metrics = ("exact_match", "p_at_1")                           # selecting on it: computed
+    assert trainer.dev_metrics == ("exact_match", "p_at_1")
