@@ -497,7 +497,7 @@ class _Stop(Callback):
 
 def tta_worker(args) -> dict:
     """One side's time to accuracy, in a fresh process: also its peak RSS."""
-    from ptuning_lab.cli import default_init, default_template
+    from ptuning_lab.experiments import default_init, default_template
     from ptuning_lab.evaluation import evaluate
 
     torch.manual_seed(0)

@@ -313,8 +313,8 @@ class Trainer:
         """What each evaluation during training computes: the task's metrics but exact match, a second
         pass over every answer token, unless it is the one that picks the best state (the test split,
         scored after training, still reports it)."""
-        first = self.task.metrics[0]
-        return tuple(m for m in self.task.metrics if m != "exact_match" or m == first)
+        metrics = tuple(self.task.metrics or ())
+        return tuple(m for m in metrics if m != "exact_match" or m == metrics[0])
 
     @property
     def fast(self) -> FastForward | None:

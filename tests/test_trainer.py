@@ -355,7 +355,7 @@ def test_classification_keeps_the_state_best_on_dev_accuracy(gpt2, monkeypatch):
     script = iter([(0.9, 0.2), (0.1, 0.8), (0.95, 0.4), (0.2, 0.6)])
     prompts = {}
 
-    def scripted(examples, prompt=None):
+    def scripted(examples, prompt=None, metrics=None):
         p1, acc = next(script)
         prompts[trainer.step] = trainer.current_prompt().detach().cpu().clone()
         return {"n": len(examples), "p_at_1": p1, "loss": 1.0, "accuracy": acc, "f1_macro": acc}
