@@ -338,3 +338,38 @@ def test_course_finds_the_fewglue_directory_from_the_environment(tmp_path, monke
     monkeypatch.setenv("PTUNING_LAB_FEWGLUE", str(tmp_path / "nowhere"))
     found = course.fewglue_dir()              # falls back to shared/data beside the checkout, or None
     assert found is None or (Path(found) / "CB").is_dir()
+
+
+def test_country_relations_read_the_carriers_files_as_their_libraries_would():
+    """The relations are built from countryinfo's and pycountry's data files without importing either;
+    every lookup equals the libraries' own (imported here only as the reference)."""
+    import subprocess
+    import sys
+
+    from ptuning_lab.tasks import country_data, relations
+
+    # building all four relations in a fresh process imports neither library
+    code = ("import sys; from ptuning_lab.tasks import load_task\n"
+            "sizes = [len(load_task(n).examples) for n in ('capital', 'continent', 'language', 'currency')]\n"
+            "print(sizes, 'pycountry' in sys.modules, 'countryinfo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-2:] == ["False", "False"], out
+    pycountry = pytest.importorskip("pycountry")
+    countryinfo = pytest.importorskip("countryinfo")
+    countries, iso_index = country_data.countryinfo_tables()
+    assert countries.keys() == {k for k in countryinfo.CountryInfo.all()}
+    for code, key in list(iso_index.items())[:400]:
+        assert countryinfo.CountryInfo(code).name().lower() == countries[key]["name"].lower() == \
+            relations._country_key(code)
+    for code in ("en", "fr", "sr", "ms", "el", "zh", "eng", "spa", "xx"):
+        field = "alpha_2" if len(code) == 2 else "alpha_3"
+        ref = pycountry.languages.get(**{field: code})
+        got = country_data.iso_table("639-3", field).get(code)
+        assert (ref.name if ref else None) == (got["name"] if got else None), code
+    for code in ("USD", "EUR", "JPY", "CHF", "BYN", "XXQ"):
+        ref = pycountry.currencies.get(alpha_3=code)
+        got = country_data.iso_table("4217", "alpha_3").get(code.lower())
+        assert (ref.name if ref else None) == (got["name"] if got else None), code
+    assert {c.alpha_2.lower() for c in pycountry.countries} == set(country_data.iso_table("3166-1", "alpha_2"))
+    caps = dict((e.input, e.target) for e in load_task("capital").examples)
+    assert caps["France"] == "Paris" and caps["Japan"] == "Tokyo" and len(caps) > 180

@@ -1,4 +1,5 @@
-"""The country relations (capital, continent, language, currency), built offline from countryinfo + pycountry."""
+"""The country relations (capital, continent, language, currency), built offline from the data files of
+countryinfo + pycountry (read as files, never imported: :mod:`ptuning_lab.tasks.country_data`)."""
 from __future__ import annotations
 
 import re
@@ -7,6 +8,7 @@ from functools import lru_cache, partial
 from typing import Sequence
 
 from .base import DEFAULT_SPLIT, Example, Task, TaskError, _make_task
+from .country_data import countryinfo_tables, iso_table
 from .registry import register_task
 
 RELATION_TEMPLATES = {
@@ -56,14 +58,13 @@ def _countries() -> tuple[dict, ...]:
 
     Each record: ``name`` and, where known, ``capital``, ``continent``, ``language``, ``currency``.
     """
-    import pycountry
-    from countryinfo import CountryInfo
-
+    countries, _ = countryinfo_tables()
+    current = iso_table("3166-1", "alpha_2")
     by_code: dict[str, list[dict]] = defaultdict(list)
-    for raw in CountryInfo.all().values():
+    for raw in countries.values():
         code = ((raw.get("ISO") or {}).get("alpha2") or "").upper()
         # skips Scotland/Wales (no own code or the UK's) and dissolved states (Serbia and Montenegro)
-        if code and pycountry.countries.get(alpha_2=code) is not None:
+        if code and code.lower() in current:
             by_code[code].append(raw)
     records = []
     for code, entries in by_code.items():
@@ -83,12 +84,10 @@ def _countries() -> tuple[dict, ...]:
 
 
 def _country_key(code: str) -> str | None:
-    from countryinfo import CountryInfo
-
-    try:
-        return CountryInfo(code).name().lower()
-    except Exception:  # the library's own lookup failing only loses a tie-break
-        return None
+    """The lowercase name countryinfo resolves ``code`` to (its ISO index), or None."""
+    countries, iso_index = countryinfo_tables()
+    key = iso_index.get(code.upper())
+    return str(countries[key]["name"]).lower() if key in countries else None
 
 
 def _country_record(raw: dict) -> dict:
@@ -114,34 +113,30 @@ def _country_record(raw: dict) -> dict:
 
 
 def _first_language(codes) -> str | None:
-    """English name of the first language code pycountry knows (the primary official language)."""
-    import pycountry
-
+    """English name of the first language code ISO 639-3 knows (the primary official language)."""
     for code in codes:
         if not isinstance(code, str):
             continue
         code = _LANGUAGE_CODE_FIXES.get(code.strip().lower(), code.strip().lower())
-        lang = pycountry.languages.get(**{"alpha_2" if len(code) == 2 else "alpha_3": code}) \
+        lang = iso_table("639-3", "alpha_2" if len(code) == 2 else "alpha_3").get(code) \
             if len(code) in (2, 3) else None
         if lang is not None:
             if code in _LANGUAGE_NAMES:
                 return _LANGUAGE_NAMES[code]
             # "Malay (macrolanguage)" -> "Malay"
-            return re.sub(r"\s*\(.*?\)", "", lang.name).strip()
+            return re.sub(r"\s*\(.*?\)", "", lang["name"]).strip()
     return None
 
 
 def _first_currency(codes) -> str | None:
     """ISO 4217 English name of the first legal-tender currency code."""
-    import pycountry
-
     for code in codes:
         if not isinstance(code, str) or code.upper() in _FUND_CURRENCIES:
             continue
         code = _CURRENCY_SUCCESSORS.get(code.upper(), code.upper())
-        cur = pycountry.currencies.get(alpha_3=code)
+        cur = iso_table("4217", "alpha_3").get(code.lower())
         if cur is not None:
-            return cur.name
+            return cur["name"]
     return None
 
 
