@@ -54,8 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="the frozen model's weights (default: the loader's: bfloat16 on an Ampere or newer GPU, else "
-                        "float32); the prompt encoder stays float32")
+                   help="the frozen model's weights (default: the loader's, float32); the prompt encoder stays float32")
     p.add_argument("--tasks", default=",".join(RELATIONS))
     p.add_argument("--methods", default="mlp,lstm,direct,prefix")
     p.add_argument("--seeds", type=int, default=3)

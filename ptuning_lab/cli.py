@@ -43,7 +43,7 @@ def load_lm(args):
         hf_logging.disable_progress_bar()          # the "Loading weights" bar of transformers
     dtype = getattr(args, "dtype", None)
     lm = FrozenLM.load(args.model, device=distributed.device_for(args.device),   # cuda:LOCAL_RANK under a launch
-                       dtype=None if dtype in (None, "auto") else getattr(torch, dtype),
+                       dtype=getattr(torch, dtype) if dtype else None,
                        verbose=not getattr(args, "quiet", False))
     if getattr(args, "compile", None):
         lm.compile(mode=None if args.compile == "default" else args.compile)

@@ -95,8 +95,9 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                         "SmolLM2-135M), 'smollm2-135m', a Hugging Face id or a local path.")
         sp.add_argument("--device", default=None, type=device, help="cpu, cuda, cuda:N, mps (default: best "
                         "available).")
-        sp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="The frozen weights' dtype; auto: bfloat16 on an Ampere or newer GPU, else float32.")
+        sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="The frozen weights' dtype. bfloat16 halves their memory (same P@1 on the probe suite) "
+                             "but was slower for small models and batches on an H200; see the README.")
         sp.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="torch.compile the frozen model; on a GPU use --compile reduce-overhead (CUDA "
                              "graphs, about 2x faster steps on an H200). Each new batch shape compiles once (tens "

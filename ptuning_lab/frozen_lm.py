@@ -90,7 +90,7 @@ class FrozenLM:
     @classmethod
     def load(cls, name: str = "auto", device=None, dtype=None, verbose: bool = True) -> "FrozenLM":
         """Load a frozen model by name ('auto', 'smollm2-135m', a Hugging Face id or a local directory);
-        ``dtype`` None: bfloat16 on an Ampere or newer GPU, else float32 (``models.default_dtype``)."""
+        ``dtype`` None: float32."""
         _check_load_arguments(name, device, dtype)
         model, tokenizer, resolved = load_model(name, device=device, dtype=dtype, verbose=verbose)
         return cls(model, tokenizer, resolved)

@@ -196,25 +196,14 @@ def _check_local_model(local: Path) -> None:
             ".save_pretrained(dir) (writes model.safetensors).")
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """The frozen weights' dtype when none is asked for: bfloat16 on a CUDA GPU with native bf16 (compute
-    capability 8.0 and later: A100, L4, H100, H200), float32 elsewhere (CPUs, MPS, and GPUs such as Colab's
-    T4, where bf16 is emulated). On the H200, bf16 weights kept the probe suite's P@1 within seed noise of
-    float32 (macro P@1 per method within 0.008, 3 seeds; benchmarks/RESULTS.md) at half the memory."""
-    if device.type == "cuda" and torch.cuda.is_available() and \
-            torch.cuda.get_device_capability(device) >= (8, 0):
-        return torch.bfloat16
-    return torch.float32
-
-
 def load_model(name: str = "auto", device=None, dtype=None, verbose: bool = True):
     """Load a frozen causal LM and its tokenizer.
 
     Args:
         name: "auto", "smollm2-135m", a Hugging Face id ("gpt2", "gpt2-medium", ...) or a local path.
         device: None/"auto" (cuda > mps > cpu) or a torch device.
-        dtype: torch dtype for the weights (default :func:`default_dtype`: bfloat16 on an Ampere or
-            newer GPU, else float32).
+        dtype: torch dtype for the weights (default float32; see README "Which model is used" for when
+            bfloat16 pays).
     Returns:
         (model, tokenizer, resolved_name). The model is in eval mode with no parameter requiring grad.
         ``resolved_name`` is what a run records to load the model again: the absolute path for a local
@@ -227,7 +216,7 @@ def load_model(name: str = "auto", device=None, dtype=None, verbose: bool = True
 
     resolved, why = resolve_model_name(name)
     device = pick_device(device)
-    dtype = dtype or default_dtype(device)
+    dtype = dtype or torch.float32
     if resolved == EMBEDDED_NAME:
         path, kwargs = embedded_model_dir(), {}
     else:
