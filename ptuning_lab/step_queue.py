@@ -100,29 +100,31 @@ def run(trainer, n: int, on_step: Callable[[float, float], None]) -> None:
             trainer.step += 1
             on_step(value, trainer.scheduler.get_last_lr()[0])
         return
-    pending = None
+    queued: list[Queued] = []            # handed to the device, loss not read yet (at most two)
     try:
         for _ in range(n):
-            index = trainer.step + (pending is not None)
-            step = queue(trainer, trainer.batch_examples(index), index, after=pending)
-            if pending is not None:                 # the device has the next step already: read this one
-                done, pending = pending, None
-                value = settle(trainer, done)
-                trainer.step += 1
-                on_step(value, done.lr)
-            pending = step
-        if pending is not None:
-            done, pending = pending, None
-            value = settle(trainer, done)
-            trainer.step += 1
-            on_step(value, done.lr)
+            index = trainer.step + len(queued)
+            queued.append(queue(trainer, trainer.batch_examples(index), index, after=queued[-1] if queued else None))
+            if len(queued) == 2:             # the device has the next step already: read this one
+                _count(trainer, queued, on_step)
+        while queued:
+            _count(trainer, queued, on_step)
     except KeyboardInterrupt:
-        # the step already queued has changed the encoder: count it (or, not finite, rewind to before it)
-        if pending is not None:
-            value = pending.loss.item()
-            if math.isfinite(value):
-                trainer.step += 1
-                on_step(value, pending.lr)
-            else:
-                rewind(trainer, pending)
+        # Ctrl-C (most likely while the host waits for a loss): every queued step has changed the encoder
+        # or was skipped on the device; count each finite one, rewind to before the first one that is not
+        for step in queued:
+            value = step.loss.item()
+            if not math.isfinite(value):
+                rewind(trainer, step)
+                break
+            trainer.step += 1
+            on_step(value, step.lr)
         raise
+
+
+def _count(trainer, queued: list[Queued], on_step) -> None:
+    """Read the oldest queued step's loss; record it, or raise with the trainer rewound to before it."""
+    value = settle(trainer, queued[0])
+    step = queued.pop(0)
+    trainer.step += 1
+    on_step(value, step.lr)

@@ -151,3 +151,26 @@ def test_steps_are_read_at_once_with_callbacks_or_an_unfused_optimizer(lm):
     for group in trainer.optimizer.param_groups:
         group["fused"] = None
     assert not step_queue.can_overlap(trainer)              # an unfused AdamW cannot skip on the device
+
+
+def test_ctrl_c_while_the_host_waits_for_a_loss_counts_both_queued_steps(lm, monkeypatch):
+    """Ctrl-C while reading step 5's loss (where a GPU host blocks): steps 5 and 6 are on the device
+    already, so both are counted; the state equals a run read at once and interrupted before step 7."""
+    ref = _trainer(lm, False)
+    _nan_at(ref, {7}, error=KeyboardInterrupt())
+    with pytest.warns(UserWarning, match="interrupted at step 7"):
+        ref.fit()
+    trainer = _trainer(lm, True)
+    real, hit = step_queue.settle, []
+
+    def settle(t, step):
+        if step.index == 5 and not hit:
+            hit.append(1)
+            raise KeyboardInterrupt
+        return real(t, step)
+    monkeypatch.setattr(step_queue, "settle", settle)
+    with pytest.warns(UserWarning, match="interrupted at step 7"):
+        result = trainer.fit()
+    assert hit and result.stopped == "interrupted"
+    assert trainer.history["train"] == ref.history["train"] and len(trainer.history["train"]) == 7
+    _assert_same(_state(ref), _state(trainer))
