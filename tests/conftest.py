@@ -77,6 +77,12 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def gpt2(tokenizer):
+    """A tiny random GPT-2 in float64, new for each test (some tests change the model they are given)."""
+    return make_tiny_lm("gpt2", tokenizer, dtype=torch.float64)
+
+
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def lm64(request, tokenizer):
     """A tiny random GPT-2 and Llama in float64 (exact comparisons)."""

@@ -8,17 +8,11 @@ import os
 import pytest
 import torch
 
-from helpers import make_tiny_lm
 from ptuning_lab import checkpoint as ckpt
 from ptuning_lab import resume
 from ptuning_lab.cli import main
 from ptuning_lab.tasks import Task
 from test_trainer import make_trainer, toy_task
-
-
-@pytest.fixture(scope="module")
-def gpt2(tokenizer):
-    return make_tiny_lm("gpt2", tokenizer, dtype=torch.float64)
 
 
 def checkpointed(gpt2, out, **cfg):

@@ -35,11 +35,6 @@ def toy_task(n=24):
                 sorted(answers))
 
 
-@pytest.fixture(scope="module")
-def gpt2(tokenizer):
-    return make_tiny_lm("gpt2", tokenizer, dtype=torch.float64)
-
-
 def toy_trainer(lm, **cfg):
     enc = build_encoder("mlp", 3, lm.embedding.detach(), init="vocab", seed=0).double()
     return Trainer(lm, enc, toy_task(), "[P][P] Direction of [X] is [P]", TrainConfig(**cfg), progress=False)

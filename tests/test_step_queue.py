@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 
-from helpers import make_tiny_lm
 from ptuning_lab import step_queue
 from ptuning_lab.prompts import build_encoder
 from ptuning_lab.tasks import Example, Task
@@ -22,9 +21,10 @@ def _task():
     return Task("toy", "Direction of [X] is", exs[:12], exs[12:18], exs[18:], sorted(answers))
 
 
-@pytest.fixture(params=["gpt2", "llama"])
-def lm(request, tokenizer):
-    return make_tiny_lm(request.param, tokenizer, dtype=torch.float64)
+@pytest.fixture
+def lm(lm64):
+    """conftest's tiny float64 GPT-2 and Llama (the tests here change trainers, never the model)."""
+    return lm64
 
 
 def _trainer(lm, overlap, method="mlp", **cfg):

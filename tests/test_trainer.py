@@ -25,11 +25,6 @@ def toy_task(n=24):
                 sorted(answers))
 
 
-@pytest.fixture
-def gpt2(tokenizer):
-    return make_tiny_lm("gpt2", tokenizer, dtype=torch.float64)
-
-
 def make_trainer(lm, out=None, method="mlp", **cfg):
     task = toy_task()
     template = "[P][P] Direction of [X] is [P]"
