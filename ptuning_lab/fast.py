@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from .frozen_lm import FrozenLM, _at_least_float32, right_pad, to_device
 from .slots import as_inputs
 from .kv_cache import layer_kv, make_cache, output_cache, unsupported_reason
-from .packing import PAD, SHARED, Seq, block_mask, common_prefix_length, pack_rows
+from .layout import Layout, batch_layout
+from .packing import PAD, SHARED, Seq, block_mask
 from .prompts import LayerPrompt
 from .templates import Template
 
@@ -241,81 +242,43 @@ class FastForward:
         itself (causally), and explicit position ids keep every token where the plain path puts
         it. Packing leaves no padding inside a row and keeps the matrix products large, which
         matters on a CPU, where every pass streams the model's weights from memory. The layout is
-        computed with array operations: on a GPU the host must keep up with the device.
+        computed on the host with array operations (:mod:`ptuning_lab.layout`) and goes to the
+        device in one copy: on a GPU the host must keep up with the device.
         """
-        lm, dev, cfg = self.lm, self.lm.device, self.config
-        B = len(seqs)
-        lengths = np.fromiter((s.n for s in seqs), dtype=np.int64, count=B)
-        # constant prefix: everything before the first [P]; the prediction position always runs live
-        if cfg.cache_prefix and cfg.max_cache_mb > 0:
-            firsts = np.fromiter((s.first for s in seqs), dtype=np.int64, count=B)
-        else:
-            firsts = np.zeros(B, dtype=np.int64)
-        common = common_prefix_length([s.ids for s in seqs]) if (cfg.share_head and B > 1) else 0
-        read = np.ones(B, dtype=np.int64) if read is None else np.asarray(read, dtype=np.int64)
-        common = min(common, int((lengths - read).min()))         # every position read runs live
-        f0 = int(firsts[0])
-        if common > f0 and bool((firsts == f0).all()):
-            head, head_slots = seqs[0].arr[f0:common], seqs[0].slots[f0:common]
-            starts = np.full(B, common, dtype=np.int64)
-        else:
-            head, head_slots, starts = seqs[0].arr[:0], seqs[0].slots[:0], firsts
-        H = len(head)
-
-        # pack the live parts into rows of at most pack_tokens tokens (one example never splits;
-        # rows hold consecutive examples)
-        live_lens = lengths - starts
-        rows = pack_rows(live_lens.tolist(), max(cfg.pack_tokens - H, 1))
-        R = len(rows)
-        row_of = np.repeat(np.arange(R), [len(row) for row in rows])                 # (B,)
-        row_tokens = np.bincount(row_of, weights=live_lens, minlength=R).astype(np.int64)
-        Q = H + int(row_tokens.max())
-        multiple = cfg.row_multiple or (16 if lm.compiled else 1)
-        Q = -(-Q // multiple) * multiple          # padding at the rows' ends: fewer shapes to compile
-        # every live token: id (-1 virtual), prompt row, example, position, and where it goes in (R, Q)
-        tok = np.concatenate([s.arr[st:] for s, st in zip(seqs, starts.tolist())])
-        slot = np.concatenate([s.slots[st:] for s, st in zip(seqs, starts.tolist())])
-        seg = np.repeat(np.arange(B), live_lens)
-        ends = np.cumsum(live_lens)
-        begins = ends - live_lens
-        pos = np.arange(len(tok)) - np.repeat(begins - starts, live_lens)
-        row_begin = begins[[row[0] for row in rows]]                                 # (R,) first live token of each row
-        tok_row = row_of[seg]
-        dest = tok_row * Q + H + (np.arange(len(tok)) - row_begin[tok_row])
-        f_tok = np.full((R, Q), -2, dtype=np.int64)
-        f_slot = np.zeros((R, Q), dtype=np.int64)
-        f_seg = np.full((R, Q), PAD, dtype=np.int64)
-        f_pos = np.zeros((R, Q), dtype=np.int64)
-        f_tok[:, :H], f_slot[:, :H], f_seg[:, :H], f_pos[:, :H] = head, head_slots, SHARED, np.arange(f0, f0 + H)
-        for flat_grid, values in ((f_tok, tok), (f_slot, slot), (f_seg, seg), (f_pos, pos)):
-            flat_grid.reshape(-1)[dest] = values
-        f_tok, f_slot = f_tok.reshape(-1), f_slot.reshape(-1)
-        # the positions read: the last read[b] tokens of example b, in order
-        within = np.arange(int(read.sum())) - np.repeat(np.cumsum(read) - read, read)
-        last = dest[np.repeat(ends - read, read) + within]
-        # the virtual positions (flat index into R*Q) and the prompt row each one takes
-        v_at = np.flatnonzero(f_tok == -1)
-        v_slot = f_slot[v_at]
-        ids = np.where(f_tok >= 0, f_tok, lm.pad_id)
-        self.stats["tokens_run"] += int(live_lens.sum()) + R * H
+        lay = self.layout(seqs, read)
         # one host-to-device copy (pinned, asynchronous on a GPU): no stall of the queue behind it
-        flat = to_device(torch.from_numpy(np.concatenate([ids, f_seg.reshape(-1), f_pos.reshape(-1), last,
-                                                           v_at, v_slot])), dev)
+        flat = to_device(torch.from_numpy(lay.flat), self.lm.device)
+        return self.hidden(lay, flat, self.prefix_kv(lay, seqs), prompt)
+
+    def layout(self, seqs: list[Seq], read: np.ndarray | None = None) -> Layout:
+        """The packed rows of ``seqs`` (host arrays only; counted in ``stats``)."""
+        cfg = self.config
+        lay = batch_layout(seqs, read, cache_prefix=cfg.cache_prefix and cfg.max_cache_mb > 0,
+                           share_head=cfg.share_head, pack_tokens=cfg.pack_tokens,
+                           row_multiple=cfg.row_multiple or (16 if self.lm.compiled else 1), pad_id=self.lm.pad_id)
+        self.stats["tokens_run"] += lay.tokens_run
+        return lay
+
+    def prefix_kv(self, lay: Layout, seqs: list[Seq]):
+        """The cached keys/values the rows of ``lay`` start from, and their key segments (or None)."""
+        if lay.prefix_kind == "shared":
+            entry = self._prefix_cache([seqs[0].ids[:lay.f0]])[0]                  # (layers, 2, heads, L, hd)
+            kv = entry.unsqueeze(2).expand(-1, -1, lay.R, -1, -1, -1)
+            return kv, torch.full((lay.R, lay.f0), SHARED, dtype=torch.long, device=self.lm.device)
+        if lay.prefix_kind == "rows":
+            return self._row_prefixes([[seqs[b].ids[:lay.firsts[b]] for b in row] for row in lay.rows], lay.rows)
+        return None
+
+    def hidden(self, lay: Layout, flat: torch.Tensor, prefix, prompt) -> torch.Tensor:
+        """The device's part of a step: the frozen model over the rows of ``lay`` (``flat`` on the device,
+        ``prefix`` from :meth:`prefix_kv`), the hidden states at the read positions. No host data is read
+        here, so a CUDA graph can replay it with new contents of ``flat`` (:mod:`ptuning_lab.step_graphs`)."""
+        lm, dev, R, Q = self.lm, self.lm.device, lay.R, lay.Q
         tok, seg, pos = flat[:3 * R * Q].view(3, R, Q).unbind(0)
-        last_t, v_at_t, v_slot_t = flat[3 * R * Q:].split([len(last), len(v_at), len(v_slot)])
-
-        # keys/values already known: the constant prefixes, from the cache
-        if H and f0 > 0:
-            entry = self._prefix_cache([seqs[0].ids[:f0]])[0]                     # (layers, 2, heads, L, hd)
-            kv = entry.unsqueeze(2).expand(-1, -1, R, -1, -1, -1)
-            kseg = torch.full((R, f0), SHARED, dtype=torch.long, device=dev)
-        elif not H and int(firsts.max()) > 0:
-            kv, kseg = self._row_prefixes([[seqs[b].ids[:firsts[b]] for b in row] for row in rows], rows)
-        else:
-            kv, kseg = None, torch.zeros((R, 0), dtype=torch.long, device=dev)
-
+        last_t, v_at_t, v_slot_t = flat[3 * R * Q:].split([lay.n_read, lay.n_virtual, lay.n_virtual])
+        kv, kseg = prefix if prefix is not None else (None, torch.zeros((R, 0), dtype=torch.long, device=dev))
         embeds = self._embed(tok, v_at_t, v_slot_t, prompt)
-        if kv is None and all(len(row) == 1 for row in rows):
+        if kv is None and lay.one_per_row:
             # one example per row, padding only at its end: causal attention is exactly the block
             # mask, and without a mask SDPA can take its fastest (flash) kernel
             mask = None
