@@ -192,7 +192,7 @@ class Ours:
     """ptuning_lab through its own Trainer (the fast path unless ``fast=False``)."""
 
     def __init__(self, name, lm, task, method, template, args, fast=True, encoder_config="peft", init="random",
-                 pack_tokens=None):
+                 pack_tokens=None, cuda_graphs=False):
         self.name, self.method, self.args = name, method, args
         n = args.virtual_tokens
         cfg = ours_config(method, lm) if encoder_config == "peft" else None
@@ -203,7 +203,8 @@ class Ours:
         # so it would fall back to the plain path; exactness is what tests/test_speed_paths.py checks in float64
         verify = not (args.model == "gpt2-random" and args.shape != "gpt2-small")
         settings = FastConfig(max_cache_mb=max(FastConfig().max_cache_mb, 8192 if args.device == "cuda" else 0),
-                              pack_tokens=pack_tokens or FastConfig().pack_tokens, verify=verify)
+                              pack_tokens=pack_tokens or FastConfig().pack_tokens, verify=verify,
+                              cuda_graphs=cuda_graphs)
         self.trainer = Trainer(lm, enc, task, template,
                                TrainConfig(lr=LR, batch_size=args.batch_size, max_steps=10_000, fast=fast),
                                progress=False, fast=settings if fast else None)
@@ -366,6 +367,9 @@ def step_flops(v, step) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     stance = getattr(torch.compiler, "set_stance", None)
+    graphs = getattr(getattr(v, "trainer", None), "step_graphs", None)
+    if graphs is not None:          # the same step uncaptured: a replayed graph shows the counter no ops
+        v.trainer.step_graphs = None
     try:        # the counter has no formula for SDPA's grouped-query form: count it as the repeated heads it equals
         from transformers.integrations import sdpa_attention
         gqa, sdpa_attention.use_gqa_in_sdpa = sdpa_attention.use_gqa_in_sdpa, lambda *a, **k: False
@@ -377,6 +381,8 @@ def step_flops(v, step) -> int:
     finally:
         if sdpa_attention is not None:
             sdpa_attention.use_gqa_in_sdpa = gqa
+        if graphs is not None:
+            v.trainer.step_graphs = graphs
     return counter.get_total_flops()
 
 
@@ -609,6 +615,10 @@ def main(argv=None):
     p.add_argument("--compile", nargs="?", const="default", default=None,
                    help="torch.compile the frozen transformer (both sides; FrozenLM.compile), optionally with a "
                         "mode, e.g. reduce-overhead (CUDA graphs); PEFT is also timed uncompiled, its default")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time ours with whole training steps replayed as CUDA graphs (ours-M-graphs rows; "
+                        "FastConfig(cuda_graphs=True)); with --compile reduce-overhead they run on a copy of the "
+                        "model compiled without its own CUDA graphs")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="time to accuracy (default: on with the embedded model)")
     p.add_argument("--tta-budget", type=float, default=150.0, help="seconds each side may train")
@@ -665,6 +675,12 @@ def main(argv=None):
         # static shapes give the fastest kernels, and every shape must fit under the recompile limit
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         lm.compile(mode=None if args.compile == "default" else args.compile, dynamic=False)
+    lm_graphs = lm
+    if args.cuda_graphs and args.compile in ("reduce-overhead", "max-autotune"):
+        # whole-step graphs cannot hold the body's own graphs: the same weights, compiled without them
+        lm_graphs = FrozenLM(copy.deepcopy(lm_eager.model), lm.tokenizer, lm.name)
+        lm_graphs.compile(mode="max-autotune-no-cudagraphs" if args.compile == "max-autotune" else None,
+                          dynamic=False)
     n = args.virtual_tokens
     methods = [m for m in args.methods.split(",") if m]
     variants = []
@@ -674,6 +690,9 @@ def main(argv=None):
         variants.append(ours)
         for pk in packs[1:]:
             variants.append(Ours(f"ours-{m}-pack{pk}", lm, task, m, hybrid(task, n), args, pack_tokens=pk))
+        if args.cuda_graphs:
+            variants.append(Ours(f"ours-{m}-graphs", lm_graphs, task, m, hybrid(task, n), args, pack_tokens=packs[0],
+                                 cuda_graphs=True))
         if args.bare and bare is None:
             bare = Bare("bare", lm, args, ours.trainer)
             variants.append(bare)
@@ -712,6 +731,10 @@ def main(argv=None):
     for v in variants:
         if isinstance(v, Ours) and v.wants_fast and not v.trainer.forward.uses_fast_path:
             print(f"note: {v.name} ran on the plain path: {v.trainer.forward.fallback_reason}")
+        graphs = getattr(v, "trainer", None) and v.trainer.step_graphs
+        if graphs:
+            print(f"note: {v.name}: {graphs.stats['replays']} steps replayed, {graphs.stats['captures']} recorded, "
+                  f"{graphs.stats['uncaptured']} uncaptured" + (f" (last: {graphs.reason})" if graphs.reason else ""))
     for side, t in tta.items():
         if "error" in t:
             print(f"time to accuracy ({side}): failed: {t['error']}")
@@ -724,7 +747,9 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps({"header": header, "args": vars(args), "results": results,
                                                "time_to_accuracy": tta}, indent=1))
     for m in methods:
-        for ours_key in [f"ours-{m}"] + [f"ours-{m}-pack{pk}" for pk in packs[1:]]:
+        for ours_key in [f"ours-{m}"] + [f"ours-{m}-pack{pk}" for pk in packs[1:]] + [f"ours-{m}-graphs"]:
+            if ours_key not in results:
+                continue
             o = results[ours_key]
             tag = "" if ours_key == f"ours-{m}" else f" ({ours_key})"
             for label, key in (("", f"peft-{m}"), (" vs PEFT uncompiled", f"peft-{m}-eager")):

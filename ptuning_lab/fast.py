@@ -64,6 +64,10 @@ class FastConfig:
         "help": "Round the packed rows' length up to a multiple of this (the padding is masked: results are "
                 "unchanged), so batches of slightly different lengths share a shape and a compiled model "
                 "compiles fewer times. 0: 16 when the model is compiled (FrozenLM.compile), else 1."})
+    cuda_graphs: bool = field(default=False, metadata={
+        "help": "On a GPU, record each training step whole (encoder, model, loss, clipping, AdamW) as a CUDA "
+                "graph per batch layout and replay it: one launch per step instead of hundreds, the same "
+                "result (ptuning_lab.step_graphs). Compile the model with mode=None, not reduce-overhead."})
 
     def __post_init__(self):
         if not self.max_cache_mb >= 0:
@@ -250,14 +254,21 @@ class FastForward:
         flat = to_device(torch.from_numpy(lay.flat), self.lm.device)
         return self.hidden(lay, flat, self.prefix_kv(lay, seqs), prompt)
 
-    def layout(self, seqs: list[Seq], read: np.ndarray | None = None) -> Layout:
-        """The packed rows of ``seqs`` (host arrays only; counted in ``stats``)."""
+    def layout(self, seqs: list[Seq], read: np.ndarray | None = None, count: bool = True) -> Layout:
+        """The packed rows of ``seqs`` (host arrays only; its tokens counted in ``stats`` unless not ``count``)."""
         cfg = self.config
         lay = batch_layout(seqs, read, cache_prefix=cfg.cache_prefix and cfg.max_cache_mb > 0,
                            share_head=cfg.share_head, pack_tokens=cfg.pack_tokens,
                            row_multiple=cfg.row_multiple or (16 if self.lm.compiled else 1), pad_id=self.lm.pad_id)
-        self.stats["tokens_run"] += lay.tokens_run
+        if count:
+            self.stats["tokens_run"] += lay.tokens_run
         return lay
+
+    def count(self, seqs: list[Seq], lay: Layout) -> None:
+        """Count a call run elsewhere on ``lay`` (a recorded training step) in ``stats``."""
+        self.stats["calls"] += 1
+        self.stats["tokens_total"] += sum(s.n for s in seqs)
+        self.stats["tokens_run"] += lay.tokens_run
 
     def prefix_kv(self, lay: Layout, seqs: list[Seq]):
         """The cached keys/values the rows of ``lay`` start from, and their key segments (or None)."""

@@ -71,6 +71,7 @@ class FrozenLM:
         self.tokenizer = tokenizer
         self.name = name
         self.compiled = False                  # set by compile()
+        self.compile_mode = None
         self.model.eval()
         self.model.requires_grad_(False)
         if tokenizer.pad_token_id is None:
@@ -122,6 +123,7 @@ class FrozenLM:
         ``options`` go to ``torch.compile`` (e.g. ``dynamic=False``).
         """
         self.model.base_model.compile(mode=mode, **options)
+        self.compile_mode = mode      # "reduce-overhead" records CUDA graphs of its own (ptuning_lab.step_graphs)
         self.compiled = True          # the fast path then rounds its rows to fewer shapes (FastConfig.row_multiple)
         return self
 

@@ -52,8 +52,14 @@ def can_overlap(trainer) -> bool:
 
 def queue(trainer, examples, index: int, after: Queued | None = None) -> Queued:
     """Hand one fused training step to the device: loss, backward, clip, AdamW (skipped on the device when
-    this loss or ``after``'s was not finite), the schedule. Nothing here waits for the device."""
-    rewind = (copy.deepcopy(trainer.scheduler.state_dict()), [g["lr"] for g in trainer.optimizer.param_groups])
+    this loss or ``after``'s was not finite), the schedule. Nothing here waits for the device. A trainer
+    with recorded steps (:mod:`ptuning_lab.step_graphs`) replays one where it can."""
+    graphs = getattr(trainer, "step_graphs", None)
+    if graphs is not None:
+        step = graphs.queue(examples, index, after)
+        if step is not None:
+            return step
+    rewind = before(trainer)
     trainer.encoder.train()
     trainer.lm.begin_step()
     loss = trainer.loss(examples)
@@ -69,6 +75,11 @@ def queue(trainer, examples, index: int, after: Queued | None = None) -> Queued:
     trainer.scheduler.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     return Queued(index, loss, bad, trainer.scheduler.get_last_lr()[0], rewind)
+
+
+def before(trainer) -> tuple:
+    """What :func:`rewind` needs to undo a step: the schedule's state and the groups' learning rates."""
+    return copy.deepcopy(trainer.scheduler.state_dict()), [g["lr"] for g in trainer.optimizer.param_groups]
 
 
 def settle(trainer, step: Queued) -> float:

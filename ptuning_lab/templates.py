@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping
+from functools import cached_property
 from dataclasses import dataclass, replace
 
 # the repeat count is captured loosely ("*x", "*-1", "*²") so a malformed one is an error, not literal text
@@ -114,9 +115,10 @@ class Template:
     def num_virtual_tokens(self) -> int:
         return sum(kind == "p" for kind, _ in self.parts)
 
-    @property
+    @cached_property
     def slot_names(self) -> tuple[str, ...]:
-        """The input slots in template order: ``"X"`` for ``[X]``, else the slot's name."""
+        """The input slots in template order: ``"X"`` for ``[X]``, else the slot's name (computed once: every
+        example of every step asks)."""
         return tuple(value for kind, value in self.parts if kind == "x")
 
     @property

@@ -31,6 +31,7 @@ from .forward import make_forward
 from .frozen_lm import to_device
 from .manifold import waywardness_penalty
 from .prompts import initial_prompt
+from .step_graphs import StepGraphs, unsupported_reason
 from .templates import Template, warn_unused_fields
 from .train_config import (ANSWER_LOSSES, DEFAULT_LR, FALLBACK_LR, TrainConfig,  # noqa: F401 (re-exported)
                            TrainConfigError, default_lr)
@@ -135,6 +136,8 @@ class Trainer:
         self.best_step, self.best_key, self.best_dev, self.bad_evals = 0, (-1.0, 0.0), {}, 0
         # read each loss one step late, so the GPU never waits for the host (ptuning_lab.step_queue)
         self.overlap_steps = lm.device.type == "cuda"
+        # whole steps recorded as CUDA graphs when FastConfig(cuda_graphs=True) asks (ptuning_lab.step_graphs)
+        self.step_graphs = _step_graphs(self)
 
     # ---------------------------------------------------------------- one step
     def batch_examples(self, step: int) -> list:
@@ -165,6 +168,10 @@ class Trainer:
         else:
             loss = label_loss(self.forward, self.lm, examples, prompt, self.task.verbalizer, self.scoring,
                               self._answer_ids)
+        return self.regularised(loss, prompt)
+
+    def regularised(self, loss: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus the waywardness penalty when ``config.waywardness_gamma`` asks for one."""
         if self.wayward_target is not None:
             loss = loss + self.config.waywardness_gamma * waywardness_penalty(prompt, self.wayward_target)
         return loss
@@ -410,6 +417,17 @@ def _check_arguments(lm, encoder, task, config) -> None:
 
 class TrainerArgumentError(ValueError):
     """A Trainer argument of the wrong kind (a name where an object is needed); the message says what to pass."""
+
+
+def _step_graphs(trainer):
+    fast = trainer.fast
+    if fast is None or not fast.config.cuda_graphs:
+        return None
+    graphs = StepGraphs(trainer)
+    reason = unsupported_reason(trainer)
+    if reason:
+        warnings.warn(f"FastConfig(cuda_graphs=True): the training steps run without CUDA graphs: {reason}.")
+    return graphs
 
 
 def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:

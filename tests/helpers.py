@@ -30,3 +30,14 @@ def make_tiny_lm(kind: str, tokenizer, dtype=torch.float32, seed: int = 0):
     else:
         raise ValueError(kind)
     return FrozenLM(model.to(dtype), tokenizer, f"tiny-{kind}")
+
+
+def word_tokenizer(texts):
+    """A word-level tokenizer over the words of ``texts`` (no files: runs where no model is installed)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<unk>", "<eos>"] + sorted({w for t in texts for w in t.split()})
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
