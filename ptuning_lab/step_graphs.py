@@ -2,9 +2,11 @@
 
 On a GPU a small model's step is bound by the host: it takes the host longer to launch the step's
 few hundred kernels (the encoder and its backward, the frozen model's forward and backward, the
-loss, clipping, AdamW) than it takes the device to run them. ``FastConfig(cuda_graphs=True)``
-records each step once per batch *layout* (:attr:`ptuning_lab.layout.Layout.key`: rows, row length,
-cached prefix; the fast path rounds rows so a run has few) and from then on replays it:
+loss, clipping, AdamW) than it takes the device to run them. On a GPU the trainer therefore records
+each step as a CUDA graph, once per batch *layout* (:attr:`ptuning_lab.layout.Layout.key`: rows, row
+length, cached prefix; the rows are rounded to 16 tokens so a run has few), the second time that
+layout comes, and from then on replays it (``FastConfig(cuda_graphs=None)``, the default; ``False``
+turns it off, ``True`` also warns where it cannot be done):
 
 - the step's inputs -- the layout's token ids, positions, segments, read and virtual positions,
   and the answers -- go into the graph's own input buffer with one host-to-device copy;
@@ -14,8 +16,9 @@ cached prefix; the fast path rounds rows so a run has few) and from then on repl
 - recording a graph runs the step twice with ``found_inf`` set first (compiles, allocates AdamW's
   state, leaves parameters, moments and step counts untouched), then captures it.
 
-The result is the uncaptured step's (tests/test_step_graphs.py; on a GPU, equal parameters after
-many steps). A step that cannot be replayed runs uncaptured, and :attr:`StepGraphs.reason` says why:
+The result is the uncaptured step's: bit for bit where the recording is emulated on a CPU, and to
+float32 rounding on a GPU, where AdamW reads the learning rate as a float32 tensor
+(tests/test_step_graphs.py). A step that cannot be replayed runs uncaptured, and :attr:`StepGraphs.reason` says why:
 not a CUDA device, a training loss other than the first answer token, an encoder that puts its
 tokens in every layer or uses dropout, an unfused optimizer, several processes, a body compiled
 with its own CUDA graphs (``mode="reduce-overhead"``: compile it with ``mode=None`` instead), or a
@@ -24,6 +27,7 @@ batch whose examples start from different cached prefixes.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -86,15 +90,19 @@ class StepGraphs:
             raise ValueError(f"record must be 'cuda' or 'rerun', got {record!r}")
         self.trainer, self.record = trainer, record
         self.graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self.seen: dict[tuple, int] = {}      # layouts met but not recorded yet: recorded the second time
+        self.failed: str | None = None        # a recording raised: steps run uncaptured from then on
         self.pool = None
         self.state: tuple = ()                # the parameters' and AdamW state's addresses the graphs use
         self.reason: str | None = None        # why the last step ran uncaptured (None: it was replayed)
         self.stats = {"captures": 0, "replays": 0, "uncaptured": 0}
+        if trainer.fast is not None:
+            trainer.fast.recorded = True      # rows rounded to 16 tokens: fewer layouts, each replayed more often
 
     def queue(self, examples, index: int, after: step_queue.Queued | None) -> step_queue.Queued | None:
         """Hand step ``index`` to the device as a replay; None (nothing done) when it cannot be one."""
         t = self.trainer
-        self.reason = unsupported_reason(t, "cuda" if self.record == "rerun" else None)
+        self.reason = self.failed or unsupported_reason(t, "cuda" if self.record == "rerun" else None)
         fast = t.forward
         if self.reason is None and not fast._verified:
             self.reason = "the fast path's one-off self-check has not run yet (the first step runs uncaptured)"
@@ -108,10 +116,28 @@ class StepGraphs:
             self.reason = "the batch's examples start from different cached prefixes"
             self.stats["uncaptured"] += 1
             return None
-        fast.count(seqs, lay)
         prefix = fast.prefix_kv(lay, seqs)
+        key = (lay.key, prefix[0].data_ptr() if prefix is not None else 0)
+        if key not in self.graphs and self.seen.get(key, 0) < 1:
+            # a layout met once may never come back (a last partial batch): record it when it does
+            if len(self.seen) > 10_000:
+                self.seen.clear()
+            self.seen[key] = 1
+            self.reason = "a batch layout is recorded the second time it comes"
+            self.stats["uncaptured"] += 1
+            return None
         host = np.concatenate([lay.flat, np.fromiter((t.gold[ex.target] for ex in examples), dtype=np.int64)])
-        graph = self._graph(lay, prefix, host)
+        try:
+            graph = self._graph(key, lay, prefix, host)
+        except Exception as err:       # noqa: BLE001 -- a step that cannot be recorded runs uncaptured
+            for p in t.encoder.parameters():
+                p.grad = None
+            self.clear()
+            self.failed = self.reason = f"recording a step failed ({type(err).__name__}: {err})"
+            warnings.warn(f"{self.failed}; the training steps run without CUDA graphs from now on.")
+            self.stats["uncaptured"] += 1
+            return None
+        fast.count(seqs, lay)
         rewind = step_queue.before(t)
         dev = t.lm.device
         graph.inputs.copy_(torch.from_numpy(host).pin_memory() if dev.type == "cuda" else torch.from_numpy(host),
@@ -134,10 +160,9 @@ class StepGraphs:
         self.pool = None
 
     # ------------------------------------------------------------------ recording
-    def _graph(self, lay, prefix, host: np.ndarray) -> _Graph:
+    def _graph(self, key: tuple, lay, prefix, host: np.ndarray) -> _Graph:
         if self._state() != self.state:          # AdamW's state was replaced (a resume): every graph is stale
             self.clear()
-        key = (lay.key, prefix[0].data_ptr() if prefix is not None else 0)
         graph = self.graphs.get(key)
         if graph is not None:
             self.graphs.move_to_end(key)

@@ -136,7 +136,7 @@ class Trainer:
         self.best_step, self.best_key, self.best_dev, self.bad_evals = 0, (-1.0, 0.0), {}, 0
         # read each loss one step late, so the GPU never waits for the host (ptuning_lab.step_queue)
         self.overlap_steps = lm.device.type == "cuda"
-        # whole steps recorded as CUDA graphs when FastConfig(cuda_graphs=True) asks (ptuning_lab.step_graphs)
+        # on a GPU, whole steps recorded as CUDA graphs and replayed (ptuning_lab.step_graphs)
         self.step_graphs = _step_graphs(self)
 
     # ---------------------------------------------------------------- one step
@@ -420,14 +420,18 @@ class TrainerArgumentError(ValueError):
 
 
 def _step_graphs(trainer):
+    """The trainer's recorded steps: on by default where they can be recorded (a GPU), off with
+    ``FastConfig(cuda_graphs=False)``; asked for with True where they cannot: a warning says why."""
     fast = trainer.fast
-    if fast is None or not fast.config.cuda_graphs:
+    want = fast.config.cuda_graphs if fast is not None else False
+    if want is False:
         return None
-    graphs = StepGraphs(trainer)
     reason = unsupported_reason(trainer)
+    if reason and want is None:
+        return None
     if reason:
         warnings.warn(f"FastConfig(cuda_graphs=True): the training steps run without CUDA graphs: {reason}.")
-    return graphs
+    return StepGraphs(trainer)
 
 
 def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -302,7 +302,7 @@ def test_clear_errors(lm64):
     with pytest.raises(ValueError, match="no inputs"):
         fast.last_logits([], None)
     with pytest.raises(ValueError, match="pack_tokens"):
-        FastConfig(pack_tokens=0)
+        FastConfig(pack_tokens=-1)
 
 
 def test_pack_keeps_order_and_budget():
