@@ -99,9 +99,10 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
                         help="The frozen weights' dtype. bfloat16 halves their memory (same P@1 on the probe suite) "
                              "but was slower for small models and batches on an H200; see the README.")
         sp.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                        help="torch.compile the frozen model; on a GPU use --compile reduce-overhead (CUDA "
-                             "graphs, about 2x faster steps on an H200). Each new batch shape compiles once (tens "
-                             "of seconds): for long runs, not for a few dozen steps.")
+                        help="torch.compile the frozen model (its kernels fused). On a GPU the training steps are "
+                             "recorded as CUDA graphs either way; MODE reduce-overhead records the model's own graphs "
+                             "instead (slower than plain --compile on an H200). Each new batch shape compiles once "
+                             "(tens of seconds): for long runs, not for a few dozen steps.")
         sp.add_argument("--quiet", action="store_true", help="No progress bars or model messages (bars are also "
                         "off when stderr is not a terminal).")
 
