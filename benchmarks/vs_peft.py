@@ -33,6 +33,12 @@ ceiling a prompt method that runs every token can reach. ``ours / ceiling`` comp
 the FLOPs of one step counted by ``torch.utils.flop_counter.FlopCounterMode`` (run eagerly) over
 the measured step time; ``% peak`` against the H200's measured bf16 matrix rate.
 
+``--cuda-graphs`` adds ``ours-<method>-graphs`` rows: the trainer's steps recorded as CUDA graphs and
+replayed (``ptuning_lab.step_graphs``, the library's GPU default); the ``ours-<method>`` rows launch
+each step kernel by kernel (``FastConfig(cuda_graphs=False)``), so both are in one run. A recorded
+step's peak memory includes the free part of its graphs' private pool (a replay writes its
+activations there without the allocator counting them).
+
 The last lines are ``RATIO <method> ...``: ours / PEFT (and ours / ceiling on a GPU).
 """
 from __future__ import annotations
