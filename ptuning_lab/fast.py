@@ -266,11 +266,15 @@ class FastForward:
         cfg = self.config
         lay = batch_layout(seqs, read, cache_prefix=cfg.cache_prefix and cfg.max_cache_mb > 0,
                            share_head=cfg.share_head, pack_tokens=cfg.pack_tokens or default_pack_tokens(self.lm),
-                           row_multiple=cfg.row_multiple or (16 if self.lm.compiled or self.recorded else 1),
-                           pad_id=self.lm.pad_id)
+                           row_multiple=self.row_multiple, pad_id=self.lm.pad_id)
         if count:
             self.stats["tokens_run"] += lay.tokens_run
         return lay
+
+    @property
+    def row_multiple(self) -> int:
+        """What rows (and per-example cached prefixes) are rounded up to (``FastConfig.row_multiple``)."""
+        return self.config.row_multiple or (16 if self.lm.compiled or self.recorded else 1)
 
     def count(self, seqs: list[Seq], lay: Layout) -> None:
         """Count a call run elsewhere on ``lay`` (a recorded training step) in ``stats``."""
@@ -285,7 +289,8 @@ class FastForward:
             kv = entry.unsqueeze(2).expand(-1, -1, lay.R, -1, -1, -1)
             return kv, torch.full((lay.R, lay.f0), SHARED, dtype=torch.long, device=self.lm.device)
         if lay.prefix_kind == "rows":
-            return self._row_prefixes([[seqs[b].ids[:lay.firsts[b]] for b in row] for row in lay.rows], lay.rows)
+            return self._row_prefixes([[seqs[b].ids[:lay.firsts[b]] for b in row] for row in lay.rows], lay.rows,
+                                      self.row_multiple)
         return None
 
     def hidden(self, lay: Layout, flat: torch.Tensor, prefix, prompt) -> torch.Tensor:
@@ -372,8 +377,9 @@ class FastForward:
             self.stats["tokens_run"] += int(mask.sum())
             return [stacked[:, :, b, :, :len(p)].clone() for b, p in enumerate(prefixes)]
 
-    def _row_prefixes(self, row_prefixes: list[list[list[int]]], rows):
-        """Cached keys/values of each row's examples, concatenated: (layers, 2, R, heads, K, hd) and key segments."""
+    def _row_prefixes(self, row_prefixes: list[list[list[int]]], rows, multiple: int = 1):
+        """Cached keys/values of each row's examples, concatenated: (layers, 2, R, heads, K, hd) and key segments
+        (K rounded up to ``multiple``: masked padding, so batches share a shape)."""
         dev = self.lm.device
         flat = [p for ps in row_prefixes for p in ps if p]
         found = iter(self._prefix_cache(flat))
@@ -382,7 +388,7 @@ class FastForward:
             parts = [next(found) for p in ps if p]
             per_row.append(torch.cat(parts, dim=3) if len(parts) > 1 else parts[0] if parts else None)
             segs.append([b for p, b in zip(ps, row) for _ in p])
-        K = max(len(x) for x in segs)
+        K = -(-max(len(x) for x in segs) // multiple) * multiple
         ref = next(t for t in per_row if t is not None)
         kv = torch.stack([F.pad(t, (0, 0, 0, K - t.shape[3])) if t is not None
                           else ref.new_zeros(*ref.shape[:3], K, ref.shape[4]) for t in per_row], dim=2)

@@ -20,9 +20,10 @@ The result is the uncaptured step's: bit for bit where the recording is emulated
 float32 rounding on a GPU, where AdamW reads the learning rate as a float32 tensor
 (tests/test_step_graphs.py). A step that cannot be replayed runs uncaptured, and :attr:`StepGraphs.reason` says why:
 not a CUDA device, a training loss other than the first answer token, an encoder that puts its
-tokens in every layer or uses dropout, an unfused optimizer, several processes, a body compiled
-with its own CUDA graphs (``mode="reduce-overhead"``: compile it with ``mode=None`` instead), or a
-batch whose examples start from different cached prefixes.
+tokens in every layer or uses dropout, an unfused optimizer, several processes, or a body compiled
+with its own CUDA graphs (``mode="reduce-overhead"``: compile it with ``mode=None`` instead). A batch
+whose examples start from their own cached prefixes (``"The capital of [X] is [P]*6"``) is replayed
+too: their keys and values are copied into the graph's buffer (rounded to 16 keys per row).
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ class _Graph:
     lrs: list                      # per parameter group, the learning rate AdamW reads
     loss: torch.Tensor             # outputs, overwritten by every replay
     bad: torch.Tensor
+    prefix_in: tuple | None        # per-example cached prefixes: the keys/values and key segments it reads
     holds: tuple                   # tensors the graph reads or writes that nothing else keeps alive
 
 
@@ -112,12 +114,11 @@ class StepGraphs:
         seqs = fast._sequences(as_inputs(list(examples)))
         fast._check(seqs, torch.empty(t.encoder.num_virtual_tokens, t.lm.hidden_size, device="meta"))
         lay = fast.layout(seqs, count=False)
-        if lay.prefix_kind == "rows":
-            self.reason = "the batch's examples start from different cached prefixes"
-            self.stats["uncaptured"] += 1
-            return None
         prefix = fast.prefix_kv(lay, seqs)
-        key = (lay.key, prefix[0].data_ptr() if prefix is not None else 0)
+        if lay.prefix_kind == "rows":         # each example's own cached prefix: copied into the graph's buffer
+            key = (lay.key, prefix[0].shape[4])
+        else:                                 # one cached prefix (or none): the graph reads it where it is
+            key = (lay.key, prefix[0].data_ptr() if prefix is not None else 0)
         if key not in self.graphs and self.seen.get(key, 0) < 1:
             # a layout met once may never come back (a last partial batch): record it when it does
             if len(self.seen) > 10_000:
@@ -140,6 +141,9 @@ class StepGraphs:
         fast.count(seqs, lay)
         rewind = step_queue.before(t)
         dev = t.lm.device
+        if graph.prefix_in is not None:
+            graph.prefix_in[0].copy_(prefix[0])
+            graph.prefix_in[1].copy_(prefix[1])
         graph.inputs.copy_(torch.from_numpy(host).pin_memory() if dev.type == "cuda" else torch.from_numpy(host),
                            non_blocking=True)
         if after is not None:
@@ -194,6 +198,9 @@ class StepGraphs:
         params = [p for g in opt.param_groups for p in g["params"]]
         n_flat = len(lay.flat)
         autocast = _autocast_without_cache(dev)
+        prefix_in = None
+        if lay.prefix_kind == "rows":
+            prefix = prefix_in = (prefix[0].clone(), prefix[1].clone())
 
         def step():
             with autocast:
@@ -216,7 +223,7 @@ class StepGraphs:
                 for p in params:
                     p.grad = None
 
-            graph = _Graph(rerun, inputs, prev_bad, lrs, None, None, (prefix,))
+            graph = _Graph(rerun, inputs, prev_bad, lrs, None, None, prefix_in, (prefix,))
             self.stats["captures"] += 1
             return graph
 
@@ -239,7 +246,7 @@ class StepGraphs:
         if self.pool is None:
             self.pool = graph.pool()
         self.stats["captures"] += 1
-        return _Graph(graph.replay, inputs, prev_bad, lrs, loss, bad, (prefix, grads, graph))
+        return _Graph(graph.replay, inputs, prev_bad, lrs, loss, bad, prefix_in, (prefix, grads, graph))
 
 
 @contextlib.contextmanager

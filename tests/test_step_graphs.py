@@ -181,11 +181,12 @@ def test_asking_for_graphs_on_a_cpu_warns_once_and_trains_as_before(lm):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="records real CUDA graphs")
+@pytest.mark.parametrize("template", ["[P]*2 Direction of [X] is [P]", "Direction of [X] is [P]*3"])
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 @pytest.mark.parametrize("method", ["mlp", "lstm", "direct"])
-def test_cuda_graph_steps_equal_uncaptured_steps_on_a_gpu(method, kind):
+def test_cuda_graph_steps_equal_uncaptured_steps_on_a_gpu(method, kind, template):
     """Real CUDA graphs, float32: 30 steps with a partial last batch (two layouts), warm-up, decay and
-    clipping; every step after the first is a replay, and losses and encoders match the uncaptured run
+    clipping, a shared head or per-example cached prefixes; every step after the first is a replay, and losses and encoders match the uncaptured run
     (to float32 rounding: AdamW reads the learning rate as a float32 tensor inside the graph)."""
     from helpers import make_tiny_lm, word_tokenizer
 
@@ -196,14 +197,14 @@ def test_cuda_graph_steps_equal_uncaptured_steps_on_a_gpu(method, kind):
         lm = make_tiny_lm(kind, tokenizer)
         lm.model.cuda()
         enc = build_encoder(method, 3, lm.embedding.detach(), init="vocab", seed=0, lm=lm)
-        trainer = Trainer(lm, enc, task, "[P]*2 Direction of [X] is [P]",
+        trainer = Trainer(lm, enc, task, template,
                           TrainConfig(lr=1e-2, batch_size=4, max_steps=30, eval_every=10, grad_clip=0.5,
                                       warmup_ratio=0.2), progress=False,
                           fast=FastConfig(row_multiple=16, cuda_graphs=graphs))
         trainer.fit()
         runs.append((_state(trainer), trainer.history["train"], trainer))
     graphs = runs[1][2].step_graphs
-    assert graphs.stats["captures"] == 2 and graphs.stats["replays"] >= 25, (graphs.stats, graphs.reason)
+    assert 2 <= graphs.stats["captures"] <= 4 and graphs.stats["replays"] >= 24, (graphs.stats, graphs.reason)
     for a, b in zip(runs[0][1], runs[1][1]):
         assert a["lr"] == b["lr"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
     enc0, enc1 = runs[0][0][0], runs[1][0][0]
@@ -214,15 +215,19 @@ def test_cuda_graph_steps_equal_uncaptured_steps_on_a_gpu(method, kind):
 
 
 
-def test_a_batch_of_different_cached_prefixes_runs_uncaptured(lm):
-    """'Direction of [X] is [P]*3': each example starts from its own cached prefix (not recorded yet)."""
+def test_batches_of_per_example_cached_prefixes_are_replayed_too(lm):
+    """'Direction of [X] is [P]*3': each example starts from its own cached prefix; the graph reads them
+    from its own buffer, filled before every replay."""
     runs = []
     for graphs in (False, True):
-        trainer = _trainer(lm, graphs, template="Direction of [X] is [P]*3", max_steps=4)
-        runs.append((trainer.train_steps(4), trainer))
-    assert runs[0][0] == runs[1][0]
-    assert "different cached prefixes" in runs[1][1].step_graphs.reason
-    assert runs[1][1].step_graphs.stats["replays"] == 0
+        trainer = _trainer(lm, graphs, template="Direction of [X] is [P]*3", max_steps=11)
+        trainer.fit()
+        runs.append((_state(trainer), trainer.history["train"], trainer))
+    assert runs[0][1] == runs[1][1]
+    _assert_same(runs[0][0], runs[1][0])
+    graphs = runs[1][2].step_graphs
+    assert graphs.stats["replays"] >= 8 and graphs.reason is None
+    assert all(g.prefix_in is not None for g in graphs.graphs.values())
 
 
 def test_the_default_records_nothing_on_a_cpu(lm):
