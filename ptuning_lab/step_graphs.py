@@ -68,6 +68,21 @@ def unsupported_reason(trainer, device_type: str | None = None) -> str | None:
     return None
 
 
+def for_trainer(trainer) -> "StepGraphs | None":
+    """The trainer's recorded steps: on by default where they can be recorded (a GPU), off with
+    ``FastConfig(cuda_graphs=False)``; asked for with True where they cannot: a warning says why."""
+    fast = trainer.fast
+    want = fast.config.cuda_graphs if fast is not None else False
+    if want is False:
+        return None
+    reason = unsupported_reason(trainer)
+    if reason and want is None:
+        return None
+    if reason:
+        warnings.warn(f"FastConfig(cuda_graphs=True): the training steps run without CUDA graphs: {reason}.")
+    return StepGraphs(trainer)
+
+
 @dataclass
 class _Graph:
     replay: object                 # () -> None: runs the recorded step on the current inputs
@@ -288,4 +303,4 @@ def _uses_dropout(module: torch.nn.Module) -> bool:
     return False
 
 
-__all__ = ["StepGraphs", "unsupported_reason", "MAX_GRAPHS"]
+__all__ = ["StepGraphs", "for_trainer", "unsupported_reason", "MAX_GRAPHS"]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed, resume, step_queue
+from . import distributed, resume, step_graphs, step_queue
 from .answer_loss import check_answer_loss, full_answer_loss, label_loss
 from .evaluation import LabelScoring, first_token_ids, warn_shared_first_tokens
 from .fast import FastConfig, FastForward
@@ -31,7 +31,6 @@ from .forward import make_forward
 from .frozen_lm import to_device
 from .manifold import waywardness_penalty
 from .prompts import initial_prompt
-from .step_graphs import StepGraphs, unsupported_reason
 from .templates import Template, warn_unused_fields
 from .train_config import (ANSWER_LOSSES, DEFAULT_LR, FALLBACK_LR, TrainConfig,  # noqa: F401 (re-exported)
                            TrainConfigError, default_lr)
@@ -72,7 +71,9 @@ class Trainer:
     ``fast``: the fast path's settings (:class:`ptuning_lab.fast.FastConfig`), used when
     ``config.fast`` is on (the default); ``self.forward`` is the path every step and evaluation runs.
     ``scoring``: how label words are scored (:class:`ptuning_lab.evaluation.LabelScoring`) in the
-    dev metrics and in ``answer_loss="labels"``.
+    dev metrics and in ``answer_loss="labels"``. On a GPU each training step is recorded as a CUDA
+    graph and replayed (``self.step_graphs``, :mod:`ptuning_lab.step_graphs`; its ``stats`` count the
+    replays, its ``reason`` says why a step ran uncaptured); ``FastConfig(cuda_graphs=False)`` turns it off.
     """
 
     def __init__(self, lm, encoder, task, template: "str | Template", config: TrainConfig | None = None,
@@ -137,7 +138,7 @@ class Trainer:
         # read each loss one step late, so the GPU never waits for the host (ptuning_lab.step_queue)
         self.overlap_steps = lm.device.type == "cuda"
         # on a GPU, whole steps recorded as CUDA graphs and replayed (ptuning_lab.step_graphs)
-        self.step_graphs = _step_graphs(self)
+        self.step_graphs = step_graphs.for_trainer(self)
 
     # ---------------------------------------------------------------- one step
     def batch_examples(self, step: int) -> list:
@@ -417,21 +418,6 @@ def _check_arguments(lm, encoder, task, config) -> None:
 
 class TrainerArgumentError(ValueError):
     """A Trainer argument of the wrong kind (a name where an object is needed); the message says what to pass."""
-
-
-def _step_graphs(trainer):
-    """The trainer's recorded steps: on by default where they can be recorded (a GPU), off with
-    ``FastConfig(cuda_graphs=False)``; asked for with True where they cannot: a warning says why."""
-    fast = trainer.fast
-    want = fast.config.cuda_graphs if fast is not None else False
-    if want is False:
-        return None
-    reason = unsupported_reason(trainer)
-    if reason and want is None:
-        return None
-    if reason:
-        warnings.warn(f"FastConfig(cuda_graphs=True): the training steps run without CUDA graphs: {reason}.")
-    return StepGraphs(trainer)
 
 
 def _adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
