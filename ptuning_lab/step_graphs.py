@@ -174,8 +174,11 @@ class StepGraphs:
         return step_queue.Queued(index, loss, bad, t.scheduler.get_last_lr()[0], rewind)
 
     def clear(self) -> None:
-        """Drop every recorded step (the next step of each layout records it again)."""
-        self.graphs.clear()
+        """Drop every recorded step and its memory (the next step of each layout records it again; the
+        trainer clears them when ``fit`` ends, so a finished run holds no GPU memory for them)."""
+        if self.graphs and self.record == "cuda":
+            torch.cuda.synchronize(self.trainer.lm.device)     # no replay may still be running (a step queued
+        self.graphs.clear()                                  # behind a non-finite one)
         self.pool = None
 
     # ------------------------------------------------------------------ recording

@@ -270,6 +270,8 @@ class Trainer:
                           "Try a smaller learning rate (--lr) or gradient clipping.")
         finally:
             bar.close()
+            if self.step_graphs is not None:       # the recorded steps' memory goes back to the allocator now
+                self.step_graphs.clear()
         self.encoder.load_state_dict(self.best_state)
         result = TrainResult(self.encoder, self.current_prompt().cpu(), self.history, list(self.snapshot_steps),
                              torch.stack(self.snapshot_list) if self.snapshot_list else torch.empty(0),

@@ -81,8 +81,9 @@ def test_replayed_steps_equal_uncaptured_steps(lm, method, template):
     stats = t1.step_graphs.stats
     # the first step runs the fast path's self-check, the second meets its layout for the first time
     assert stats["replays"] >= 8 and stats["replays"] + stats["uncaptured"] == 11
-    assert stats["captures"] == len(t1.step_graphs.graphs) >= 1 and t1.step_graphs.reason is None
+    assert stats["captures"] >= 1 and t1.step_graphs.reason is None
     assert all(p.grad is None for p in t1.encoder.parameters())
+    assert not t1.step_graphs.graphs and t1.step_graphs.pool is None     # released when fit ends
     assert t1.fast.stats["tokens_run"] == runs[0][3].fast.stats["tokens_run"]     # statistics count replays
 
 
@@ -97,7 +98,7 @@ def test_waywardness_and_a_new_layout_for_the_last_partial_batch(lm):
     _assert_same(runs[0][0], runs[1][0])
     graphs = runs[1][2].step_graphs
     # steps 0-8 = batches 0,1,2 of three epochs; the partial batch (2) is recorded when it comes again
-    assert len(graphs.graphs) == 2 and graphs.stats["captures"] == 2
+    assert graphs.stats["captures"] == 2
     assert graphs.stats["replays"] == 6 and graphs.stats["uncaptured"] == 3   # self-check, then A and B met once
 
 
@@ -227,7 +228,9 @@ def test_batches_of_per_example_cached_prefixes_are_replayed_too(lm):
     _assert_same(runs[0][0], runs[1][0])
     graphs = runs[1][2].step_graphs
     assert graphs.stats["replays"] >= 8 and graphs.reason is None
-    assert all(g.prefix_in is not None for g in graphs.graphs.values())
+    trainer = _trainer(lm, True, template="Direction of [X] is [P]*3", max_steps=11)
+    trainer.train_steps(5)                    # (fit releases its graphs when it ends)
+    assert trainer.step_graphs.graphs and all(g.prefix_in is not None for g in trainer.step_graphs.graphs.values())
 
 
 def test_the_default_records_nothing_on_a_cpu(lm):
