@@ -177,8 +177,9 @@ class StepGraphs:
         """Drop every recorded step and its memory (the next step of each layout records it again; the
         trainer clears them when ``fit`` ends, so a finished run holds no GPU memory for them)."""
         if self.graphs and self.record == "cuda":
-            torch.cuda.synchronize(self.trainer.lm.device)     # no replay may still be running (a step queued
-        self.graphs.clear()                                  # behind a non-finite one)
+            # a replay queued behind a non-finite step may still be running
+            torch.cuda.synchronize(self.trainer.lm.device)
+        self.graphs.clear()
         self.pool = None
 
     # ------------------------------------------------------------------ recording
