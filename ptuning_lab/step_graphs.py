@@ -107,7 +107,7 @@ class StepGraphs:
             raise ValueError(f"record must be 'cuda' or 'rerun', got {record!r}")
         self.trainer, self.record = trainer, record
         self.graphs: OrderedDict[tuple, _Graph] = OrderedDict()
-        self.seen: dict[tuple, int] = {}      # layouts met but not recorded yet: recorded the second time
+        self.seen: set[tuple] = set()         # layouts met once: recorded the second time they come
         self.failed: str | None = None        # a recording raised: steps run uncaptured from then on
         self.pool = None
         self.state: tuple = ()                # the parameters' and AdamW state's addresses the graphs use
@@ -134,11 +134,11 @@ class StepGraphs:
             key = (lay.key, prefix[0].shape[4])
         else:                                 # one cached prefix (or none): the graph reads it where it is
             key = (lay.key, prefix[0].data_ptr() if prefix is not None else 0)
-        if key not in self.graphs and self.seen.get(key, 0) < 1:
+        if key not in self.graphs and key not in self.seen:
             # a layout met once may never come back (a last partial batch): record it when it does
             if len(self.seen) > 10_000:
                 self.seen.clear()
-            self.seen[key] = 1
+            self.seen.add(key)
             self.reason = "a batch layout is recorded the second time it comes"
             self.stats["uncaptured"] += 1
             return None
